@@ -1,0 +1,53 @@
+"""Errors a user can fix. The CLI prints them without a traceback and exits with code 2."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+USER_ERROR_EXIT_CODE = 2
+
+
+class UserError(Exception):
+    """Bad input: a job file, a data file, a model file or a command-line argument.
+
+    The message says what happened, what was expected and how to fix it.
+    """
+
+    exit_code = USER_ERROR_EXIT_CODE
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a job, located by its dotted field path."""
+
+    path: str
+    got: object
+    expected: str
+
+    def __str__(self) -> str:
+        return f"{self.path or '<job>'}: got {_short(self.got)}; {self.expected}"
+
+
+class JobError(UserError):
+    """A job file (or its --set overrides) that does not validate: every problem at once."""
+
+    def __init__(self, source: str, problems: list[Problem]):
+        self.source = source
+        self.problems = problems
+        count = f"{len(problems)} problem{'s' if len(problems) != 1 else ''}"
+        lines = [f"{source}: {count}:"] + [f"  - {p}" for p in problems]
+        lines.append("Fix these fields and run `finetune validate` again.")
+        super().__init__("\n".join(lines))
+
+
+class DataError(UserError):
+    """Data that cannot be used as given (missing file, bad column, empty split...)."""
+
+
+class NonFiniteLossError(RuntimeError):
+    """A trial's loss became NaN or infinite: the trial fails, the sweep goes on."""
+
+
+def _short(value: object, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -1,0 +1,203 @@
+"""`finetune run`, top to bottom: check everything, search, then keep and test the best model.
+
+Every check a user can fail (the job, the data, the model against the data, the resources) runs
+before the run folder exists, so bad input leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import secrets
+import sys
+import tempfile
+import time
+
+from finetune import reports, storage
+from finetune.data import LoadedData, check_fits_workers, load_data
+from finetune.job import Job, to_yaml
+from finetune.search import DataHandle, count_trials, create_tuner, failure_reasons, plan_concurrency
+
+SUMMARY_FILE = "summary.json"
+METRICS_FILE = "metrics.parquet"
+MODEL_FILE = "model.keras"
+
+
+def run_job(job: Job, address: str | None = None, verbose: bool = False, out=None,
+            callbacks: tuple = ()) -> dict:
+    """Run a job's whole search and return its summary (also written to summary.json).
+
+    callbacks: extra `ray.tune.Callback`s, for callers that watch trials as they run."""
+    out = out or sys.stdout
+    started = time.time()
+
+    # 1. Everything that can be wrong with the input, before anything is written.
+    data = load_data(job.dataset, job.seed)
+    check_fits_workers(data, job.resources.num_workers)
+    from finetune.train_loop import preflight
+
+    preflight(job, data)
+    from finetune import ray_cluster
+
+    capacity = ray_cluster.connect(address, verbose=verbose)
+    num_trials = count_trials(job.search)
+    concurrency = plan_concurrency(job, capacity, num_trials)
+
+    # 2. The run folder: <storage_path>/<name>/<run id>/
+    run_dir = new_run_dir(job)
+    storage.write_bytes(storage.join(run_dir, "job.yaml"), to_yaml(job).encode())
+    storage.write_json(storage.join(run_dir, "classes.json"), data.classes)
+    print(
+        f"run {run_dir}\n{num_trials} trials, {concurrency} at a time, {job.resources.num_workers} "
+        f"worker(s) each ({job.executor}); Ray: {capacity.cpus:g} CPUs, {capacity.gpus:g} GPUs, "
+        f"{capacity.nodes} node(s)",
+        file=out, flush=True,
+    )
+
+    # 3. The search.
+    import ray
+
+    # Tune snapshots its state at every kept checkpoint and warns about it each epoch; the
+    # snapshots are what `--resume` needs, the warnings are noise.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Tune's own status tables would interleave with the progress lines printed below, and a failed
+    # trial's traceback is kept in its error.txt; the progress line and the summary give the reason.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")
+    logging.getLogger("ray.tune.tune").setLevel(logging.CRITICAL)  # "Trials did not complete: [...]"
+
+    handle = DataHandle(ray.put(data.without_test()))
+    progress = reports.make_progress_printer(job, num_trials, out)
+    results = list(create_tuner(job, run_dir, handle, concurrency, [progress, *callbacks]).fit())
+
+    # 4. What came of it.
+    return finish_run(job, run_dir, results, data, started, out)
+
+
+def new_run_dir(job: Job) -> str:
+    run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
+    run_dir = storage.join(storage.absolute(job.storage_path), job.name, run_id)
+    storage.make_dirs(run_dir)
+    return run_dir
+
+
+def finish_run(job: Job, run_dir: str, results: list, data: LoadedData, started: float, out) -> dict:
+    outcomes = reports.trial_outcomes(results, job, failure_reasons(run_dir))
+    rows = reports.metrics_rows(results, list(job.search.space))
+    reports.write_parquet(reports.metrics_table(rows), storage.join(run_dir, METRICS_FILE))
+
+    summary: dict = {
+        "name": job.name,
+        "run_dir": run_dir,
+        "metric": job.search.metric,
+        "mode": job.search.mode,
+        "num_trials": len(outcomes),
+        "num_completed": sum(o.status == "completed" for o in outcomes),
+        "num_stopped_early": sum(o.status == "stopped_early" for o in outcomes),
+        "num_failed": sum(o.status == "failed" for o in outcomes),
+        "best_trial_id": None,
+        "best_epoch": None,
+        "best_config": None,
+        "best_metrics": None,
+        "test_metrics": None,
+        "model_path": None,
+        "classes": data.classes,
+        "data_fingerprint": data.fingerprint,
+        "metrics_path": storage.join(run_dir, METRICS_FILE),
+        "trials": [vars(o) for o in outcomes],
+        "wall_seconds": round(time.time() - started, 1),
+        "versions": _versions(),
+    }
+    candidates = [o for o in outcomes if o.status != "failed" and o.best_metric is not None]
+    if candidates:
+        pick = max if job.search.mode == "max" else min
+        best = pick(candidates, key=lambda o: o.best_metric)
+        best_row = next(r for r in rows if r["trial_id"] == best.trial_id and r["epoch"] == best.best_epoch)
+        model_path = storage.join(run_dir, MODEL_FILE)
+        result = next(r for r in results if reports._trial_id(r) == best.trial_id)
+        copy_best_checkpoint(result, best_row, job, run_dir, model_path)
+        summary.update(
+            best_trial_id=best.trial_id,
+            best_epoch=best.best_epoch,
+            best_config=best.config,
+            best_metrics={k: v for k, v in best_row.items() if isinstance(v, (int, float)) and not k.startswith("config.")},
+            model_path=model_path,
+            test_metrics=evaluate_on_test(model_path, data, job) if data.test is not None else None,
+        )
+    storage.write_json(storage.join(run_dir, SUMMARY_FILE), summary)
+
+    print("", file=out)
+    reports.print_final_table(outcomes, job, out)
+    print(
+        f"\n{summary['num_trials']} trials: {summary['num_completed']} completed, "
+        f"{summary['num_stopped_early']} stopped early, {summary['num_failed']} failed "
+        f"in {summary['wall_seconds']:.0f}s",
+        file=out,
+    )
+    if summary["best_trial_id"]:
+        print(f"best: trial {reports.short_trial_name(summary['best_trial_id'])} epoch {summary['best_epoch']} "
+              f"{job.search.metric} {summary['best_metrics'][job.search.metric]:.4f}; "
+              f"test {_format_metrics(summary['test_metrics'])}", file=out)
+        print(f"model: {summary['model_path']}", file=out)
+    print(f"summary: {storage.join(run_dir, SUMMARY_FILE)}", file=out, flush=True)
+    return summary
+
+
+def copy_best_checkpoint(result, best_row: dict, job: Job, run_dir: str, destination: str) -> None:
+    """Copy the best epoch's model into the run folder. Tune keeps each trial's best checkpoint
+    (in_trial); Ray Train keeps its own and names it in the reported metrics (ray_train)."""
+    from finetune.train_loop import MODEL_FILE as CHECKPOINT_MODEL
+
+    metric = job.search.metric
+    candidates = [(row_path, best_row.get(metric))] if (row_path := best_row.get("checkpoint_path")) else []
+    for checkpoint, metrics in result.best_checkpoints or []:
+        if metrics.get("epoch") == best_row["epoch"]:
+            candidates.insert(0, (checkpoint.path, metrics.get(metric)))
+    fs, _ = storage.filesystem(run_dir)
+    import pyarrow.fs as pafs
+
+    for path, _ in candidates:
+        source = f"{path.rstrip('/')}/{CHECKPOINT_MODEL}"
+        if fs.get_file_info(source).type == pafs.FileType.File:
+            destination_fs, destination_path = storage.filesystem(destination)
+            pafs.copy_files(source, destination_path, source_filesystem=fs, destination_filesystem=destination_fs)
+            return
+    raise RuntimeError(f"the best checkpoint of trial {best_row['trial_id']} epoch {best_row['epoch']} is missing")
+
+
+def evaluate_on_test(model_path: str, data: LoadedData, job: Job) -> dict:
+    """The best model, loaded as any Keras user would load it, scored on the held-out test split."""
+    import keras
+
+    from finetune.train_loop import label_encoding
+
+    with tempfile.TemporaryDirectory() as directory:
+        local = storage.fetch_to_local(model_path, os.path.join(directory, MODEL_FILE))
+        model = keras.models.load_model(local)
+    labels = data.test.labels
+    encoding = label_encoding(job.train.loss)
+    if encoding == "one_hot":
+        labels = keras.utils.to_categorical(labels, data.num_classes)
+    elif encoding == "binary":
+        labels = labels.reshape(-1, 1).astype("float32")
+    scores = model.evaluate(data.test.features, labels, batch_size=256, verbose=0, return_dict=True)
+    return {name: float(value) for name, value in scores.items()}
+
+
+def _format_metrics(metrics: dict | None) -> str:
+    return "-" if not metrics else " ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+
+
+def _versions() -> dict:
+    import ray
+
+    versions = {"python": platform.python_version(), "ray": ray.__version__}
+    try:
+        import keras
+        import tensorflow as tf
+
+        versions.update(tensorflow=tf.__version__, keras=keras.__version__)
+    except ImportError:
+        pass
+    return versions

@@ -1,0 +1,240 @@
+"""The Tune search: one trial per sampled configuration, a scheduler that stops weak trials, and
+the resource arithmetic that decides how many trials run at once.
+
+A trial is `run_trial`. With `ray_train` it starts a Ray Train `TensorflowTrainer` whose workers
+run `train_loop.train_worker`; with `in_trial` (one worker) it runs the very same loop in its own
+process, which Tune reuses from trial to trial so TensorFlow is imported once.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from finetune import storage
+from finetune.errors import NonFiniteLossError, UserError
+from finetune.job import Job, SearchSpec, set_path, validate_job_dict
+from finetune.search_space import parse_space, to_tune_space
+
+# Ray Train's controller polls its workers every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (default 2 s),
+# and each ray.train.report waits for that poll: a 0.2 s epoch would take 2 s. The controller takes
+# the variable from the process that starts it (the trial), which propagates it on a cluster too.
+REPORT_POLL_INTERVAL_S = "0.05"
+
+# Memory one trial takes, from the field notes: a process with TensorFlow imported is about 0.8 GB.
+GIB = 1024**3
+TRIAL_PROCESS_MEMORY = 1.0 * GIB
+TRAIN_CONTROLLER_MEMORY = 0.8 * GIB
+# The trial that drives a Ray Train run asks for memory only: a CPU share would be taken from the
+# Train workers, and on a 2-core machine two 1-CPU workers would then never be placed.
+TRAIN_DRIVER_BUNDLE = {"memory": 256 * 1024**2}
+
+
+@dataclass(frozen=True)
+class DataHandle:
+    """The run's train and validation data, in Ray's object store, shared by every trial."""
+
+    ref: Any
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """What the Ray cluster offers, as `ray.cluster_resources()` reports it."""
+
+    cpus: float
+    gpus: float
+    memory: float
+    nodes: int
+
+
+def trial_resources(job: Job) -> dict[str, float]:
+    """What Tune reserves for one trial process."""
+    if job.executor == "ray_train":
+        return dict(TRAIN_DRIVER_BUNDLE)
+    resources = {"CPU": job.resources.cpus_per_worker}
+    if job.resources.use_gpu:
+        resources["GPU"] = job.resources.gpus_per_worker
+    return resources
+
+
+def plan_concurrency(job: Job, capacity: Capacity, num_trials: int) -> int:
+    """How many trials may run at once: as many as the CPUs, GPUs and memory hold, so that no
+    trial's workers wait forever for CPUs another trial's driver holds, and memory never runs out."""
+    resources = job.resources
+    cpus_needed = resources.num_workers * resources.cpus_per_worker
+    limits = {"CPUs": math.floor(capacity.cpus / cpus_needed + 1e-9)}
+    if resources.use_gpu:
+        limits["GPUs"] = math.floor(capacity.gpus / (resources.num_workers * resources.gpus_per_worker) + 1e-9)
+    limits["memory"] = math.floor(capacity.memory / estimated_trial_memory(job))
+    fitting = min(limits.values())
+    if fitting < 1:
+        short = min(limits, key=limits.get)
+        raise UserError(
+            f"resources: one trial needs {resources.num_workers} workers x "
+            f"{resources.cpus_per_worker} CPUs{' and GPUs' if resources.use_gpu else ''}, but the Ray "
+            f"cluster has {capacity.cpus:g} CPUs, {capacity.gpus:g} GPUs and "
+            f"{capacity.memory / GIB:.1f} GiB of memory ({short} too few). Lower "
+            f"resources.num_workers or cpus_per_worker, or run on a larger cluster."
+        )
+    if resources.max_concurrent_trials != "auto":
+        return max(1, min(resources.max_concurrent_trials, num_trials))
+    return max(1, min(fitting, num_trials))
+
+
+def estimated_trial_memory(job: Job) -> float:
+    if job.executor == "ray_train":
+        return TRIAL_PROCESS_MEMORY + TRAIN_CONTROLLER_MEMORY + job.resources.num_workers * TRIAL_PROCESS_MEMORY
+    return TRIAL_PROCESS_MEMORY
+
+
+def count_trials(search: SearchSpec) -> int:
+    """Tune runs num_samples trials, each over the full grid when the space has grid entries."""
+    grid = 1
+    for domain in parse_space(search.space).values():
+        if domain.kind == "grid":
+            grid *= len(domain.args[0])
+    return search.num_samples * grid
+
+
+def create_scheduler(job: Job):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule
+
+    spec = job.search.scheduler
+    if spec.type in ("asha", "hyperband"):
+        # Ray's ASHAScheduler is AsyncHyperBandScheduler; several brackets make it asynchronous
+        # HyperBand. Both only stop trials, so they need no Tune checkpoint to pause and resume.
+        return ASHAScheduler(time_attr="epoch", max_t=job.train.epochs, grace_period=spec.grace_period,
+                             reduction_factor=spec.reduction_factor, brackets=spec.brackets)
+    if spec.type == "median":
+        return MedianStoppingRule(time_attr="epoch", grace_period=spec.grace_period,
+                                  min_samples_required=spec.min_samples_required)
+    return FIFOScheduler()
+
+
+def create_tuner(job: Job, run_dir: str, data: DataHandle, concurrency: int, callbacks: list):
+    from ray import tune
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, job_dict=job.model_dump(mode="json"), run_dir=run_dir, data=data),
+        trial_resources(job),
+    )
+    return tune.Tuner(
+        trainable,
+        param_space={
+            "space": to_tune_space(job.search.space),
+            # Every trial's seed, drawn by the seeded search: the experiment seed fixes them all.
+            "seed": tune.randint(0, 2**31 - 1),
+        },
+        tune_config=tune.TuneConfig(
+            metric=job.search.metric,
+            mode=job.search.mode,
+            num_samples=job.search.num_samples,
+            scheduler=create_scheduler(job),
+            # Tune ignores TuneConfig.max_concurrent_trials when given a generator instance (field
+            # notes); the generator's own max_concurrent is the cap that holds.
+            search_alg=BasicVariantGenerator(random_state=job.seed, max_concurrent=concurrency),
+            # A reused trial process keeps TensorFlow imported: later trials start in about a second.
+            # Only for in_trial: a trial that drives a Ray Train run is inside trainer.fit() when a
+            # scheduler stops it, so Tune cannot reset it for reuse (and errors the next trial).
+            reuse_actors=job.executor == "in_trial",
+            trial_dirname_creator=lambda trial: trial.trial_id,
+        ),
+        run_config=tune.RunConfig(
+            name="tune",
+            storage_path=run_dir,
+            verbose=0,
+            callbacks=callbacks,
+            failure_config=tune.FailureConfig(max_failures=job.resources.max_failures),
+            checkpoint_config=tune.CheckpointConfig(
+                num_to_keep=1, checkpoint_score_attribute=job.search.metric,
+                checkpoint_score_order=job.search.mode,
+            ),
+        ),
+    )
+
+
+def trial_job(job_dict: dict, sampled: dict[str, Any]) -> Job:
+    """The job with one trial's sampled values in place."""
+    for dotted, value in sampled.items():
+        job_dict = set_path(job_dict, dotted, value)
+    job_dict["search"]["space"] = {}
+    return validate_job_dict(job_dict, source="trial configuration")
+
+
+def run_trial(config: dict, *, job_dict: dict, run_dir: str, data: DataHandle) -> None:
+    """One Tune trial: train the sampled configuration, reporting every epoch to Tune."""
+    import ray.tune
+
+    started_at = time.time()
+    trial_id = ray.tune.get_context().get_trial_id()
+    trial_dir = storage.join(run_dir, "trials", trial_id)
+    raise_if_failed(trial_dir)  # a retried trial whose loss went non-finite stays failed
+    job = trial_job(job_dict, config["space"])
+    loop_config = {"job": job.model_dump(mode="json"), "seed": config["seed"], "data": data,
+                   "trial_dir": trial_dir, "trial_started_at": started_at}
+    if job.executor == "in_trial":
+        from finetune.train_loop import TuneTrialSession, run_worker_loop
+
+        run_worker_loop(loop_config, TuneTrialSession())
+        return
+    run_ray_train(job, loop_config, run_dir, trial_id)
+    raise_if_failed(trial_dir)
+
+
+def run_ray_train(job: Job, loop_config: dict, run_dir: str, trial_id: str) -> None:
+    """A Ray Train run for one trial. Its name is the trial id, so a restarted trial resumes the
+    same run from its latest checkpoint."""
+    import ray.train
+    from ray.train.tensorflow import TensorflowTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from finetune.train_loop import train_worker
+
+    os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = REPORT_POLL_INTERVAL_S
+    resources = job.resources
+    per_worker = {"CPU": resources.cpus_per_worker}
+    if resources.use_gpu:
+        per_worker["GPU"] = resources.gpus_per_worker
+    trainer = TensorflowTrainer(
+        train_loop_per_worker=train_worker,
+        train_loop_config=loop_config,
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=resources.num_workers, use_gpu=resources.use_gpu, resources_per_worker=per_worker
+        ),
+        run_config=ray.train.RunConfig(
+            name=trial_id,
+            storage_path=storage.join(run_dir, "trials"),
+            callbacks=[TuneReportCallback()],
+            failure_config=ray.train.FailureConfig(max_failures=resources.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=1, checkpoint_score_attribute=job.search.metric,
+                checkpoint_score_order=job.search.mode,
+            ),
+        ),
+    )
+    trainer.fit()
+
+
+def raise_if_failed(trial_dir: str) -> None:
+    from finetune.train_loop import FAILURE_FILE
+
+    marker = storage.join(trial_dir, FAILURE_FILE)
+    if storage.exists(marker):
+        raise NonFiniteLossError(storage.read_json(marker)["reason"])
+
+
+def failure_reasons(run_dir: str) -> dict[str, str]:
+    """trial id -> why it failed, for trials whose loss went non-finite."""
+    from finetune.train_loop import FAILURE_FILE
+
+    trials = storage.join(run_dir, "trials")
+    reasons = {}
+    for trial_id in storage.list_dirs(trials):
+        marker = storage.join(trials, trial_id, FAILURE_FILE)
+        if storage.exists(marker):
+            reasons[trial_id] = storage.read_json(marker)["reason"]
+    return reasons

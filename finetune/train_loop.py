@@ -1,0 +1,420 @@
+"""The per-worker training loop: the only code that runs on Ray Train workers.
+
+One loop serves one worker and N. Keras 3's `model.fit` fails under MultiWorkerMirroredStrategy
+(keras-team/keras#20585), so the loop trains with an explicit distributed step: the model and
+optimizer are built in `strategy.scope()`, each step runs in `strategy.run` with
+`tf.GradientTape`, and `optimizer.apply_gradients` all-reduces the gradients, so every worker holds
+the same weights after every step. A whole epoch runs inside one `tf.function`, so Python is not
+on the per-step path.
+
+Where it runs is behind a small session object: `RayTrainSession` on Ray Train workers (rank 0
+writes the checkpoint, every rank reports), `TuneTrialSession` when a one-worker trial runs the
+same loop inside the Tune trial, without a Ray Train start-up.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+
+from finetune import storage  # noqa: E402
+from finetune.data import LoadedData, Split  # noqa: E402
+from finetune.errors import NonFiniteLossError, UserError  # noqa: E402
+from finetune.job import Job, TrainSpec  # noqa: E402
+
+MODEL_FILE = "model.keras"
+STATE_FILE = "state.json"
+FAILURE_FILE = "failure.json"
+
+# Losses whose labels are one-hot vectors, or a single 0/1 value; every other loss takes class indices.
+ONE_HOT_LOSSES = ("categorical_crossentropy", "categorical_focal_crossentropy", "categorical_hinge",
+                  "kl_divergence", "kld")
+
+
+# --- where the loop runs -------------------------------------------------------------------------
+
+
+class RayTrainSession:
+    """On a Ray Train worker: every rank reports every epoch (the report is a barrier); rank 0
+    alone attaches the checkpoint."""
+
+    def __init__(self):
+        import ray.train
+
+        self._train = ray.train
+        context = ray.train.get_context()
+        self.world_rank = context.get_world_rank()
+        self.world_size = context.get_world_size()
+
+    def latest_checkpoint(self):
+        return self._train.get_checkpoint()
+
+    def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
+        from ray.train import Checkpoint
+
+        checkpoint = Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        self._train.report(metrics, checkpoint=checkpoint)
+
+
+class TuneTrialSession:
+    """Inside a Tune trial (one worker): reports go straight to Tune."""
+
+    world_rank = 0
+    world_size = 1
+
+    def latest_checkpoint(self):
+        import ray.tune
+
+        return ray.tune.get_checkpoint()
+
+    def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
+        import ray.tune
+
+        checkpoint = ray.tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        ray.tune.report(metrics, checkpoint=checkpoint)
+
+
+# --- the loop ------------------------------------------------------------------------------------
+
+
+def train_worker(config: dict) -> None:
+    """Entry point for `TensorflowTrainer(train_loop_per_worker=train_worker)`."""
+    run_worker_loop(config, RayTrainSession())
+
+
+def run_worker_loop(config: dict, session) -> None:
+    """Train one trial's model for `train.epochs` epochs, resuming from the latest checkpoint.
+
+    config: {"job": resolved job dict, "seed": int, "data": DataHandle, "trial_dir": str,
+             "trial_started_at": float (time.time() when the trial started)}
+    """
+    job = Job.model_validate(config["job"])
+    configure_tensorflow(job.resources.cpus_per_worker)
+    import ray
+
+    data: LoadedData = ray.get(config["data"].ref)
+    trainer = EpochTrainer(job, data, seed=config["seed"], rank=session.world_rank,
+                           world_size=session.world_size)
+    start_epoch = 0
+    checkpoint = session.latest_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            start_epoch = trainer.restore(directory)
+    first_step_at = None
+    for epoch in range(start_epoch + 1, job.train.epochs + 1):
+        metrics = trainer.train_epoch(epoch)
+        if first_step_at is None:
+            first_step_at = trainer.first_step_done_at
+            metrics["startup_seconds"] = first_step_at - config["trial_started_at"]
+        bad = [k for k in ("loss", "val_loss") if not math.isfinite(metrics[k])]
+        if bad:
+            reason = f"{bad[0]} became {metrics[bad[0]]} at epoch {epoch}"
+            if session.world_rank == 0:
+                storage.write_json(storage.join(config["trial_dir"], FAILURE_FILE),
+                                   {"reason": reason, "epoch": epoch, "metrics": metrics})
+            if isinstance(session, TuneTrialSession):
+                raise NonFiniteLossError(reason)
+            return  # every rank sees the same all-reduced loss and stops here; the trial reads the marker
+        with tempfile.TemporaryDirectory(prefix="finetune-ckpt-") as directory:
+            saved = trainer.save(directory, epoch) if session.world_rank == 0 else None
+            session.report(metrics, saved)
+
+
+def configure_tensorflow(cpus: float) -> None:
+    """Size TensorFlow's thread pools to the worker's CPUs, so workers sharing a node do not fight
+    over cores. Only possible before TensorFlow starts; a reused process keeps its first setting."""
+    import tensorflow as tf
+
+    threads = max(1, int(round(cpus)))
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+    except RuntimeError:
+        pass  # TensorFlow already initialised in this process (a reused actor)
+
+
+def create_strategy(world_size: int):
+    import tensorflow as tf
+
+    if world_size > 1:
+        # Ray Train's TensorFlow backend has set TF_CONFIG on every worker.
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if len(tf.config.list_logical_devices("GPU")) > 1:
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def create_optimizer(train: TrainSpec):
+    import keras
+
+    return keras.optimizers.deserialize(
+        {"class_name": train.optimizer, "config": {"learning_rate": train.learning_rate}}
+    )
+
+
+def label_encoding(loss: str) -> str:
+    from finetune.models import BINARY_LOSSES
+
+    if loss in BINARY_LOSSES:
+        return "binary"
+    if loss in ONE_HOT_LOSSES:
+        return "one_hot"
+    return "sparse"
+
+
+def per_example_metric(name: str, loss: str) -> Callable:
+    """The per-example function behind a metric name; its mean over examples is the metric."""
+    import keras
+
+    encoding = label_encoding(loss)
+    if name == "accuracy":
+        name = {"binary": "binary_accuracy", "one_hot": "categorical_accuracy",
+                "sparse": "sparse_categorical_accuracy"}[encoding]
+    needs = {"sparse_categorical_accuracy": "sparse", "sparse_top_k_categorical_accuracy": "sparse",
+             "sparse_categorical_crossentropy": "sparse", "categorical_accuracy": "one_hot",
+             "top_k_categorical_accuracy": "one_hot", "categorical_crossentropy": "one_hot",
+             "binary_accuracy": "binary", "binary_crossentropy": "binary"}.get(name)
+    if needs and needs != encoding:
+        raise UserError(
+            f"train.metrics: {name!r} needs {needs} labels, but train.loss {loss!r} trains on "
+            f"{encoding} labels; use 'accuracy', which follows the loss"
+        )
+    if hasattr(keras.metrics, name) and callable(getattr(keras.metrics, name)) and not isinstance(
+        getattr(keras.metrics, name), type
+    ):
+        return getattr(keras.metrics, name)
+    return keras.losses.get(name)
+
+
+@dataclass
+class _Batches:
+    """One worker's share of a split, as a tf.data pipeline of per-worker batches."""
+
+    dataset: Any
+    steps: int
+
+
+class EpochTrainer:
+    """Model, optimizer and compiled epoch functions for one trial on one worker."""
+
+    def __init__(self, job: Job, data: LoadedData, seed: int, rank: int, world_size: int):
+        import keras
+        import tensorflow as tf
+
+        from finetune.models import create_model
+
+        self.job, self.data, self.seed, self.rank, self.world_size = job, data, seed, rank, world_size
+        self.strategy = create_strategy(world_size)
+        self.encoding = label_encoding(job.train.loss)
+        self.metric_names = list(job.train.metrics)
+        self.metric_fns = [per_example_metric(n, job.train.loss) for n in self.metric_names]
+        self.loss_fn = keras.losses.get(job.train.loss)
+        keras.utils.set_random_seed(seed)  # same initial weights on every worker
+        with self.strategy.scope():
+            self.model = create_model(job.model, data.input_shape, data.num_classes, job.train.loss,
+                                      data.feature_stats())
+            self.optimizer = create_optimizer(job.train)
+            self._compile()
+        self.first_step_done_at = None
+        self._train_fn = self._make_train_fn()
+        self._eval_fn = self._make_eval_fn()
+        self._validation = self._local_batches(data.validation, shuffle=False)
+        self._train = self._distributed_batches(data.train)
+        self._tf = tf
+
+    def _compile(self) -> None:
+        # Not for fit(): compiling records the loss, metrics and optimizer in the saved .keras file,
+        # so the model loads ready to evaluate in plain Keras.
+        self.model.compile(optimizer=self.optimizer, loss=self.job.train.loss, metrics=self.metric_names)
+        self.optimizer.build(self.model.trainable_variables)
+
+    # -- data --
+
+    def _encode(self, features, labels):
+        import tensorflow as tf
+
+        if self.encoding == "one_hot":
+            labels = tf.one_hot(labels, self.data.num_classes)
+        elif self.encoding == "binary":
+            labels = tf.cast(tf.expand_dims(labels, -1), tf.float32)
+        return features, labels
+
+    def _local_batches(self, split: Split, shuffle: bool) -> _Batches:
+        """This worker's rows of a split (row i goes to worker i mod N), batched."""
+        import tensorflow as tf
+
+        per_worker_batch = max(1, self.job.train.batch_size // self.world_size)
+        rows = np.arange(self.rank, len(split), self.world_size)
+        if shuffle:
+            # Training shards must be equal: every worker runs the same number of steps, since each
+            # step all-reduces. At most N-1 rows are left out, never the same ones across trials.
+            per_worker = len(split) // self.world_size
+            rows = rows[:per_worker]
+        dataset = tf.data.Dataset.from_tensor_slices((split.features[rows], split.labels[rows]))
+        if shuffle:
+            dataset = dataset.shuffle(len(rows), seed=self.seed, reshuffle_each_iteration=True)
+        dataset = dataset.batch(per_worker_batch).map(self._encode).prefetch(tf.data.AUTOTUNE)
+        return _Batches(dataset, math.ceil(len(rows) / per_worker_batch))
+
+    def _distributed_batches(self, split: Split) -> _Batches:
+        local = self._local_batches(split, shuffle=True)
+        # Each worker already holds its own shard: hand it to the strategy as is, with no re-sharding.
+        dataset = self.strategy.distribute_datasets_from_function(lambda _: local.dataset) \
+            if self.world_size > 1 else local.dataset
+        return _Batches(dataset, local.steps)
+
+    # -- compiled functions --
+
+    def _make_train_fn(self):
+        import tensorflow as tf
+
+        strategy, model, optimizer = self.strategy, self.model, self.optimizer
+        loss_fn, metric_fns = self.loss_fn, self.metric_fns
+
+        def step(features, labels):
+            with tf.GradientTape() as tape:
+                predictions = model(features, training=True)
+                per_example_loss = loss_fn(labels, predictions)
+                # Mean over the global batch: per-replica batch times replicas in sync.
+                loss = tf.nn.compute_average_loss(per_example_loss)
+                if model.losses:
+                    loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
+            gradients = tape.gradient(loss, model.trainable_variables)
+            optimizer.apply_gradients(zip(gradients, model.trainable_variables))
+            return _sums(labels, predictions, per_example_loss, metric_fns)
+
+        @tf.function
+        def train_steps(iterator, steps):
+            totals = tf.zeros(len(metric_fns) + 2, tf.float64)
+            for _ in tf.range(steps):
+                sums = strategy.run(step, args=next(iterator))
+                totals += strategy.reduce(tf.distribute.ReduceOp.SUM, sums, axis=None)
+            return totals
+
+        return train_steps
+
+    def _make_eval_fn(self):
+        import tensorflow as tf
+
+        model, loss_fn, metric_fns = self.model, self.loss_fn, self.metric_fns
+
+        @tf.function
+        def local_sums(dataset):
+            totals = tf.zeros(len(metric_fns) + 2, tf.float64)
+            for features, labels in dataset:
+                predictions = model(features, training=False)
+                totals += _sums(labels, predictions, loss_fn(labels, predictions), metric_fns)
+            return totals
+
+        return local_sums
+
+    def _all_reduce(self, local_value):
+        """Sum a per-worker tensor over all workers (identity with one worker)."""
+        if self.world_size == 1:
+            return local_value
+        import tensorflow as tf
+
+        per_replica = self.strategy.run(lambda: tf.identity(local_value))
+        return self.strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+
+    # -- one epoch --
+
+    def train_epoch(self, epoch: int) -> dict:
+        tf = self._tf
+        started = time.perf_counter()
+        iterator = iter(self._train.dataset)
+        steps = self._train.steps
+        # The first step runs alone once, so the trial can report when training really began.
+        totals = self._train_fn(iterator, tf.constant(1))
+        if self.first_step_done_at is None:
+            self.first_step_done_at = time.time()
+        if steps > 1:
+            totals += self._train_fn(iterator, tf.constant(steps - 1))
+        train_seconds = time.perf_counter() - started
+        validation_totals = self._all_reduce(self._eval_fn(self._validation.dataset))
+        metrics = {"epoch": epoch}
+        metrics.update(self._means(totals.numpy(), prefix=""))
+        metrics.update(self._means(validation_totals.numpy(), prefix="val_"))
+        metrics["train_seconds"] = train_seconds
+        metrics["epoch_seconds"] = time.perf_counter() - started
+        metrics["samples_per_second"] = float(totals.numpy()[-1]) / train_seconds
+        metrics["worker_pid"] = os.getpid()  # rank 0's process: where the trial really trains
+        if self.world_size > 1:
+            metrics["replica_weight_spread"] = self._replica_weight_spread()
+        return metrics
+
+    def _means(self, totals: np.ndarray, prefix: str) -> dict:
+        count = max(totals[-1], 1.0)
+        names = ["loss", *self.metric_names]
+        return {prefix + name: float(totals[i] / count) for i, name in enumerate(names)}
+
+    def _replica_weight_spread(self) -> float:
+        """Largest difference between workers of the sum of all weights: 0 when in sync."""
+        import tensorflow as tf
+
+        local = tf.add_n([tf.reduce_sum(tf.cast(v.value, tf.float64)) for v in self.model.weights])
+        per_replica = self.strategy.run(lambda: tf.reshape(local, [1]))
+        gathered = self.strategy.gather(per_replica, axis=0).numpy()
+        return float(gathered.max() - gathered.min())
+
+    # -- checkpoints --
+
+    def save(self, directory: str, epoch: int) -> str:
+        self.model.save(os.path.join(directory, MODEL_FILE))
+        with open(os.path.join(directory, STATE_FILE), "w") as out:
+            json.dump({"epoch": epoch, "seed": self.seed}, out)
+        return directory
+
+    def restore(self, directory: str) -> int:
+        """Load weights and optimizer state from a checkpoint; returns the epoch it ended."""
+        import keras
+
+        with self.strategy.scope():
+            # The loaded model brings its own optimizer, whose state is tied to its variables.
+            self.model = keras.models.load_model(os.path.join(directory, MODEL_FILE))
+            self.optimizer = self.model.optimizer
+        self._train_fn = self._make_train_fn()
+        self._eval_fn = self._make_eval_fn()
+        with open(os.path.join(directory, STATE_FILE)) as state:
+            return int(json.load(state)["epoch"])
+
+
+def _sums(labels, predictions, per_example_loss, metric_fns):
+    """[sum of loss, sum of each metric, number of examples] for a batch, as float64."""
+    import tensorflow as tf
+
+    values = [tf.reduce_sum(tf.cast(per_example_loss, tf.float64))]
+    for fn in metric_fns:
+        values.append(tf.reduce_sum(tf.cast(fn(labels, predictions), tf.float64)))
+    values.append(tf.cast(tf.shape(per_example_loss)[0], tf.float64))
+    return tf.stack(values)
+
+
+def preflight(job: Job, data: LoadedData) -> None:
+    """One real training step and one evaluation on a few rows, in the driver, before any trial:
+    a model that does not fit the data, or a loss that does not fit the labels, fails here with a
+    clear message instead of in every trial."""
+    rows = min(len(data.train), max(2, job.train.batch_size))
+    few = LoadedData(Split(data.train.features[:rows], data.train.labels[:rows]),
+                     Split(data.validation.features[:rows], data.validation.labels[:rows]),
+                     None, data.classes)
+    try:
+        trainer = EpochTrainer(job, few, seed=job.seed, rank=0, world_size=1)
+        trainer.train_epoch(1)
+    except UserError:
+        raise
+    except (ValueError, TypeError) as error:
+        raise UserError(
+            f"model and data do not fit together ({job.model.base} on data of shape "
+            f"{data.input_shape} with {data.num_classes} classes, loss {job.train.loss}): "
+            f"{str(error).splitlines()[0]}"
+        ) from None

@@ -1,0 +1,201 @@
+"""The job schema: defaults, every problem at once, extends, --set, and the search space."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from finetune.errors import JobError
+from finetune.job import Job, load_job, parse_override, set_path, validate_job_dict
+from finetune.search_space import parse_domain, to_tune_space
+
+from conftest import JOBS, REPO, write_job
+
+
+@pytest.mark.parametrize("path", sorted(JOBS.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_job_validates(path):
+    job = load_job(path)
+    assert job.name
+
+
+def test_defaults_fill_a_minimal_job():
+    job = validate_job_dict({"name": "minimal"})
+    assert job.dataset.source == "sklearn:digits"
+    assert job.train.epochs >= 1 and job.search.num_samples == 1
+    assert job.executor == "in_trial"
+
+
+def test_contract_fields_are_read_as_written():
+    job = load_job(JOBS / "digits.yaml")
+    assert job.train.batch_size == 64 and job.resources.num_workers == 2
+    assert job.search.scheduler.type == "asha" and job.search.scheduler.grace_period == 2
+    assert job.executor == "ray_train"
+    assert set(job.search.space) == {"train.learning_rate", "train.optimizer", "model.head.dropout",
+                                     "model.head.units"}
+
+
+def problems_of(raw: dict) -> dict[str, str]:
+    with pytest.raises(JobError) as caught:
+        validate_job_dict(raw, source="test.yaml")
+    return {p.path: p.expected for p in caught.value.problems}
+
+
+def test_every_problem_is_reported_at_once_with_its_path():
+    problems = problems_of({
+        "name": "ok",
+        "seeed": 3,
+        "train": {"epochs": 0, "optimizer": "adamm", "learning_rate": -1},
+        "model": {"head": {"dropout": 1.5, "activation": "rellu"}},
+        "search": {"scheduler": {"type": "asha", "grace_period": 0}, "space": {"train.lr": {"uniform": [0, 1]}}},
+        "resources": {"num_workers": 0},
+    })
+    assert "did you mean 'seed'" in problems["seeed"]
+    assert "greater than or equal to 1" in problems["train.epochs"]
+    assert "did you mean adam" in problems["train.optimizer"]
+    assert "greater than 0" in problems["train.learning_rate"]
+    assert "less than 1" in problems["model.head.dropout"]
+    assert "relu" in problems["model.head.activation"]
+    assert "search.scheduler.grace_period" in problems
+    assert "resources.num_workers" in problems
+    assert "unknown field 'lr'" in problems["search.space.train.lr"]
+
+
+def test_error_message_names_file_field_value_and_expectation():
+    with pytest.raises(JobError) as caught:
+        validate_job_dict({"name": "x", "train": {"batch_size": "big"}}, source="jobs/x.yaml")
+    text = str(caught.value)
+    assert text.startswith("jobs/x.yaml: 1 problem:")
+    assert "train.batch_size: got 'big'; expected a valid integer" in text
+
+
+def test_cross_field_rules():
+    problems = problems_of({
+        "name": "x", "train": {"epochs": 3, "batch_size": 1},
+        "search": {"metric": "val_auc", "scheduler": {"type": "asha", "grace_period": 5}},
+        "resources": {"num_workers": 2, "executor": "in_trial"},
+    })
+    assert "val_accuracy" in problems["search.metric"]
+    assert "at most train.epochs" in problems["search.scheduler.grace_period"]
+    assert "in_trial runs one worker" in problems["resources.executor"]
+    assert "global batch" in problems["train.batch_size"]
+
+
+def test_scheduler_by_bare_name_and_unknown_type():
+    assert validate_job_dict({"name": "x", "search": {"scheduler": "none"}}).search.scheduler.type == "none"
+    problems = problems_of({"name": "x", "search": {"scheduler": {"type": "pbt"}}})
+    assert "asha, hyperband, median, none" in problems["search.scheduler.type"]
+
+
+def test_space_values_are_checked_against_their_field():
+    problems = problems_of({"name": "x", "search": {"space": {
+        "train.optimizer": {"choice": ["adam", "sgdd"]},
+        "model.head.dropout": {"uniform": [0.1, 1.2]},
+        "train.learning_rate": {"loguniform": [0, 1]},
+        "resources.num_workers": {"choice": [1, 2]},
+        "model.head": {"choice": [1]},
+        "train.epochs": {"randint": [5, 2]},
+    }}})
+    assert "did you mean sgd" in problems["search.space.train.optimizer"]
+    assert "less than 1" in problems["search.space.model.head.dropout"]
+    assert "low > 0" in problems["search.space.train.learning_rate"]
+    assert "only those vary" in problems["search.space.resources.num_workers"]
+    assert "not a whole section" in problems["search.space.model.head"]
+    assert "low < high" in problems["search.space.train.epochs"]
+
+
+def test_extends_merges_and_the_child_wins(tmp_path):
+    write_job(tmp_path, "name: base\ntrain: {epochs: 7, batch_size: 32}\n", "base.yaml")
+    child = write_job(tmp_path, "extends: base.yaml\nname: child\ntrain: {epochs: 2}\n", "child.yaml")
+    job = load_job(child)
+    assert (job.name, job.train.epochs, job.train.batch_size) == ("child", 2, 32)
+
+
+def test_extends_cycle_and_missing_file_are_errors(tmp_path):
+    write_job(tmp_path, "extends: b.yaml\nname: a\n", "a.yaml")
+    write_job(tmp_path, "extends: a.yaml\nname: b\n", "b.yaml")
+    with pytest.raises(JobError, match="cycle"):
+        load_job(tmp_path / "a.yaml")
+    with pytest.raises(JobError, match="existing job file"):
+        load_job(tmp_path / "nope.yaml")
+
+
+def test_set_overrides_any_field_including_search_space_keys():
+    job = load_job(JOBS / "digits.yaml", ["train.epochs=3", "search.space.train.optimizer={choice: [sgd]}",
+                                          "resources.num_workers=1"])
+    assert job.train.epochs == 3 and job.executor == "in_trial"
+    assert job.search.space["train.optimizer"] == {"choice": ["sgd"]}
+    assert parse_override("model.head.units=[8, 16]") == ("model.head.units", [8, 16])
+    with pytest.raises(JobError, match="PATH=VALUE"):
+        parse_override("train.epochs")
+    with pytest.raises(JobError, match="train.epochs"):
+        load_job(JOBS / "digits.yaml", ["train.epochs=zero"])
+
+
+def test_set_path_does_not_touch_the_original():
+    original = {"train": {"epochs": 1}}
+    assert set_path(original, "train.epochs", 5) == {"train": {"epochs": 5}}
+    assert original == {"train": {"epochs": 1}}
+
+
+def test_domains_translate_to_tune():
+    from ray import tune
+
+    space = to_tune_space({
+        "a": {"choice": [1, 2]}, "b": {"grid": [1, 2]}, "c": {"uniform": [0, 1]},
+        "d": {"loguniform": [1e-4, 1e-1]}, "e": {"randint": [2, 4]}, "f": {"quniform": [0, 1, 0.25]}, "g": 7,
+    })
+    assert isinstance(space["a"], tune.search.sample.Categorical)
+    assert space["b"] == {"grid_search": [1, 2]}
+    assert isinstance(space["d"].get_sampler(), tune.search.sample.LogUniform)
+    assert (space["e"].lower, space["e"].upper) == (2, 5)  # the job's randint includes its upper end
+    assert space["g"] == 7
+    samples = {space["e"].sample() for _ in range(200)}
+    assert samples == {2, 3, 4}
+
+
+def test_bad_domains_say_what_was_expected():
+    with pytest.raises(ValueError, match=r"\[low, high, step\]"):
+        parse_domain({"quniform": [0, 1]})
+    with pytest.raises(ValueError, match="non-empty list"):
+        parse_domain({"choice": []})
+    with pytest.raises(ValueError, match="exactly one domain key"):
+        parse_domain({"choice": [1], "uniform": [0, 1]})
+    assert parse_domain({"units": 3}).kind == "fixed"
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "finetune", *args], capture_output=True, text=True,
+                          cwd=REPO, timeout=60)
+
+
+def test_cli_validate_is_fast_and_starts_no_ray():
+    code = ("import sys, time; t = time.time(); from finetune.cli import main; "
+            "rc = main(['validate', 'jobs/digits.yaml']); "
+            "print(rc, time.time() - t, 'ray' in sys.modules, 'tensorflow' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
+    rc, seconds, ray_loaded, tf_loaded = result.stdout.split()[-4:]
+    assert rc == "0" and float(seconds) < 1.0
+    assert ray_loaded == "False" and tf_loaded == "False"
+
+
+def test_cli_bad_job_exits_2_with_every_problem_and_no_traceback(tmp_path):
+    bad = write_job(tmp_path, "name: x\ntrain: {epochs: 0, optimizer: adamm}\nfoo: 1\n")
+    result = run_cli("validate", str(bad))
+    assert result.returncode == 2
+    assert "3 problems" in result.stderr and "train.epochs" in result.stderr and "foo" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_cli_run_rejects_a_bad_job_before_starting_ray(tmp_path):
+    bad = write_job(tmp_path, f"name: x\nstorage_path: {tmp_path / 'runs'}\ntrain: {{loss: nope}}\n")
+    result = run_cli("run", str(bad))
+    assert result.returncode == 2 and "train.loss" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_job_model_is_the_schema():
+    schema = Job.model_json_schema()
+    assert {"dataset", "model", "train", "search", "resources"} <= set(schema["properties"])

@@ -1,0 +1,25 @@
+"""The name lists that let a job validate without TensorFlow match the installed Keras."""
+
+import keras
+from keras.src.activations import ALL_OBJECTS_DICT as ACTIVATIONS
+from keras.src.losses import ALL_OBJECTS_DICT as LOSSES
+from keras.src.optimizers import ALL_OBJECTS_DICT as OPTIMIZERS
+
+from finetune import keras_names
+
+
+def test_every_listed_optimizer_builds_and_none_is_missing():
+    for name in keras_names.OPTIMIZERS:
+        assert isinstance(keras.optimizers.get(name), keras.optimizers.Optimizer), name
+    known = {k for k in OPTIMIZERS if k.islower()} - {"optimizer", "lossscaleoptimizer", "multioptimizer",
+                                                      "optimizermap"}
+    assert known == set(keras_names.OPTIMIZERS)
+
+
+def test_every_listed_loss_and_activation_resolves():
+    for name in keras_names.LOSSES:
+        assert callable(keras.losses.get(name)), name
+    assert {k for k in LOSSES if k.islower()} - {"ctc", "circle"} <= set(keras_names.LOSSES)
+    for name in keras_names.ACTIVATIONS:
+        assert callable(keras.activations.get(name)), name
+    assert {k for k in ACTIVATIONS if k.islower()} == set(keras_names.ACTIVATIONS)

@@ -1,0 +1,56 @@
+"""Trials as Ray Train runs with two data-parallel workers under MultiWorkerMirroredStrategy."""
+
+from __future__ import annotations
+
+import io
+import os
+
+import pyarrow.parquet as pq
+import pytest
+
+from finetune.job import load_job
+from finetune.runner import run_job
+
+from conftest import write_job
+
+pytestmark = pytest.mark.ray
+
+
+def test_two_workers_stay_in_sync_asha_stops_nan_fails_and_resources_are_released(ray_session, tmp_path):
+    import ray
+    from ray.util import placement_group_table
+
+    job = load_job(write_job(tmp_path, f"""
+name: two-workers
+seed: 3
+storage_path: {tmp_path / 'runs'}
+model: {{head: {{units: [32]}}}}
+train: {{epochs: 4, batch_size: 64, optimizer: adam}}
+search:
+  num_samples: 1
+  scheduler: {{type: asha, grace_period: 2, reduction_factor: 3}}
+  space:
+    train.learning_rate: {{grid: [1.0e-2, 1.0e-7, 1.0e+12]}}
+resources: {{num_workers: 2, cpus_per_worker: 1}}
+"""))
+    assert job.executor == "ray_train"
+    out = io.StringIO()
+    summary = run_job(job, out=out)
+    by_rate = {t["config"]["train.learning_rate"]: t for t in summary["trials"]}
+
+    # The NaN trial failed with its reason; the others went on.
+    assert by_rate[1e12]["status"] == "failed" and "became" in by_rate[1e12]["error"]
+    # The trial that cannot learn was stopped at the first rung (epoch 2); the good one ran to the end.
+    assert by_rate[1e-7]["status"] == "stopped_early" and by_rate[1e-7]["epochs"] == 2
+    assert by_rate[1e-2]["status"] == "completed" and by_rate[1e-2]["epochs"] == 4
+    assert summary["best_config"] == {"train.learning_rate": 1e-2}
+    assert os.path.exists(summary["model_path"])
+
+    # After every epoch, both workers held exactly the same weights.
+    rows = pq.read_table(os.path.join(summary["run_dir"], "metrics.parquet")).to_pylist()
+    assert rows and all(r["replica_weight_spread"] == 0.0 for r in rows)
+
+    # Every trial's Train workers and placement groups are gone.
+    leftover = [pg for pg in placement_group_table().values() if pg["state"] != "REMOVED"]
+    assert leftover == []
+    assert ray.available_resources().get("CPU", 0) == ray.cluster_resources()["CPU"]

@@ -1,0 +1,58 @@
+"""The resource arithmetic and scheduler choice, without a cluster."""
+
+import pytest
+
+from finetune.errors import UserError
+from finetune.job import validate_job_dict
+from finetune.search import GIB, Capacity, count_trials, create_scheduler, plan_concurrency, trial_resources
+
+LAPTOP = Capacity(cpus=2, gpus=0, memory=16 * GIB, nodes=1)
+
+
+def job(**resources):
+    return validate_job_dict({"name": "t", "search": {"num_samples": 12}, "resources": resources})
+
+
+def test_two_workers_on_two_cores_run_one_trial_at_a_time_and_the_driver_takes_no_cpu():
+    two = job(num_workers=2)
+    assert plan_concurrency(two, LAPTOP, 12) == 1
+    assert "CPU" not in trial_resources(two)  # else the two 1-CPU workers could never be placed
+
+
+def test_one_worker_trials_fill_the_cores():
+    one = job(num_workers=1)
+    assert plan_concurrency(one, LAPTOP, 12) == 2
+    assert trial_resources(one) == {"CPU": 1}
+    assert plan_concurrency(one, LAPTOP, 1) == 1
+
+
+def test_memory_caps_concurrency():
+    small_memory = Capacity(cpus=64, gpus=0, memory=3.5 * GIB, nodes=1)
+    assert plan_concurrency(job(num_workers=1), small_memory, 100) == 3
+
+
+def test_gpus_cap_concurrency():
+    cluster = Capacity(cpus=128, gpus=8, memory=512 * GIB, nodes=4)
+    assert plan_concurrency(job(num_workers=4, use_gpu=True), cluster, 12) == 2
+
+
+def test_a_trial_larger_than_the_cluster_is_a_clear_error():
+    with pytest.raises(UserError, match="needs 4 workers"):
+        plan_concurrency(job(num_workers=4), LAPTOP, 12)
+
+
+def test_explicit_concurrency_is_respected():
+    assert plan_concurrency(job(num_workers=1, max_concurrent_trials=1), LAPTOP, 12) == 1
+
+
+def test_grid_entries_multiply_the_trials():
+    spec = validate_job_dict({"name": "t", "search": {"num_samples": 2, "space": {
+        "train.optimizer": {"grid": ["adam", "sgd", "rmsprop"]}, "train.learning_rate": {"uniform": [0.1, 0.2]}}}})
+    assert count_trials(spec.search) == 6
+
+
+@pytest.mark.parametrize("kind,cls", [("asha", "AsyncHyperBandScheduler"), ("hyperband", "AsyncHyperBandScheduler"),
+                                      ("median", "MedianStoppingRule"), ("none", "FIFOScheduler")])
+def test_schedulers(kind, cls):
+    spec = validate_job_dict({"name": "t", "search": {"scheduler": {"type": kind}}})
+    assert type(create_scheduler(spec)).__name__ == cls
