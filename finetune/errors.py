@@ -39,6 +39,9 @@ class JobError(UserError):
         lines.append("Fix these fields and run `finetune validate` again.")
         super().__init__("\n".join(lines))
 
+    def __reduce__(self):  # errors cross process boundaries in Ray: rebuild from the same arguments
+        return (type(self), (self.source, self.problems))
+
 
 class DataError(UserError):
     """Data that cannot be used as given (missing file, bad column, empty split...)."""

@@ -11,7 +11,7 @@ import copy
 import difflib
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
 from pydantic import (
@@ -40,13 +40,21 @@ class _Strict(BaseModel):
 
 
 class SplitSpec(_Strict):
-    """Seeded, stratified fractions of the rows held out for validation and test."""
+    """How rows are held out: seeded, stratified fractions (default 0.2 and 0.2), or a column whose
+    values (train, validation, test) name each row's split."""
 
-    validation: float = Field(0.2, gt=0, lt=1)
-    test: float = Field(0.2, ge=0, lt=1)
+    validation: Optional[float] = Field(None, gt=0, lt=1, description="default 0.2")
+    test: Optional[float] = Field(None, ge=0, lt=1, description="default 0.2")
+    column: Optional[str] = None
 
     @model_validator(mode="after")
-    def _leaves_training_rows(self) -> "SplitSpec":
+    def _fractions_or_column(self) -> "SplitSpec":
+        if self.column is not None:
+            if self.validation is not None or self.test is not None:
+                raise ValueError("expected either a split column or validation/test fractions, not both")
+            return self
+        self.validation = 0.2 if self.validation is None else self.validation
+        self.test = 0.2 if self.test is None else self.test
         if self.validation + self.test >= 1:
             raise ValueError(
                 f"expected validation + test below 1, leaving rows for training "
@@ -55,19 +63,69 @@ class SplitSpec(_Strict):
         return self
 
 
-class DatasetSpec(_Strict):
-    source: str = "sklearn:digits"
-    label: str = "label"
-    split: SplitSpec = SplitSpec()
+FORMATS = ("parquet", "csv", "arrow", "images")
 
-    @field_validator("source")
-    @classmethod
-    def _known_source(cls, source: str) -> str:
-        kind, _, name = source.partition(":")
-        if kind == "sklearn" and name in EMBEDDED_DATASETS:
-            return source
-        choices = ", ".join(f"sklearn:{n}" for n in EMBEDDED_DATASETS)
-        raise ValueError(f"expected an embedded data set: {choices}")
+
+class SourceSpec(_Strict):
+    """Files of one split, when train, validation and test come separately."""
+
+    source: str = Field(min_length=1)
+    format: Optional[Literal["parquet", "csv", "arrow", "images"]] = None
+
+
+def _fraction(value: Any) -> Any:
+    """`1/255` reads better than 0.00392156862745098 in a job file."""
+    if isinstance(value, str) and "/" in value:
+        numerator, _, denominator = value.partition("/")
+        try:
+            return float(numerator) / float(denominator)
+        except (ValueError, ZeroDivisionError):
+            raise ValueError(f"expected a number or a fraction such as 1/255, got {value!r}") from None
+    return value
+
+
+class DatasetSpec(_Strict):
+    """Where the data is and how to read it. Paths are relative to the current directory, or URIs
+    that pyarrow opens (file://, s3://, gs://, hdfs://), with credentials from the environment."""
+
+    source: Optional[str] = Field(None, description="files, a folder, a glob, a URI, or sklearn:NAME")
+    format: Optional[Literal["parquet", "csv", "arrow", "images"]] = None
+    label: str = "label"
+    features: Optional[list[str]] = Field(None, description="default: every column but the label")
+    image_column: Optional[str] = Field(None, description="a table column of image paths or encoded images")
+    image_size: Optional[tuple[Annotated[int, Field(gt=0)], Annotated[int, Field(gt=0)]]] = None
+    channels: Optional[Literal[1, 3]] = None
+    on_bad_image: Literal["error", "skip"] = "error"
+    rescale: Optional[Annotated[float, Field(gt=0)]] = None
+    normalize: Union[Literal["auto"], bool] = Field("auto", description="auto: for builtin bases")
+    in_memory: Union[Literal["auto"], bool] = Field("auto", description="auto: when the files are small")
+    split: SplitSpec = SplitSpec()
+    train: Optional[SourceSpec] = None
+    validation: Optional[SourceSpec] = None
+    test: Optional[SourceSpec] = None
+
+    _rescale_fraction = field_validator("rescale", mode="before")(classmethod(lambda cls, v: _fraction(v)))
+
+    @model_validator(mode="after")
+    def _one_way_to_give_data(self) -> "DatasetSpec":
+        if self.train is not None or self.validation is not None or self.test is not None:
+            if self.source is not None:
+                raise ValueError("expected either dataset.source or dataset.train/validation/test, not both")
+            if self.train is None or self.validation is None:
+                raise ValueError("expected both dataset.train and dataset.validation when splits come as files")
+        elif self.source is None:
+            self.source = "sklearn:digits"
+        if self.source and self.source.startswith("sklearn:"):
+            name = self.source.partition(":")[2]
+            if name not in EMBEDDED_DATASETS:
+                choices = ", ".join(f"sklearn:{n}" for n in EMBEDDED_DATASETS)
+                raise ValueError(f"expected an embedded data set: {choices} (got {self.source!r})")
+        return self
+
+    @property
+    def embedded(self) -> Optional[str]:
+        """The scikit-learn data set's name, for sklearn:NAME sources."""
+        return self.source.partition(":")[2] if self.source and self.source.startswith("sklearn:") else None
 
 
 # --- model ---------------------------------------------------------------------------------------
@@ -108,6 +166,25 @@ class ModelSpec(_Strict):
 # --- training ------------------------------------------------------------------------------------
 
 
+class AugmentSpec(_Strict):
+    """Random image augmentation, applied in training only, by Keras layers inside the model (so it
+    runs on the workers' cores and is inactive when the model predicts). Strengths are fractions:
+    rotation of a full turn, zoom, shear and translation of the image size, contrast."""
+
+    flip: Literal["none", "horizontal", "vertical", "both"] = "none"
+    rotation: float = Field(0.0, ge=0, le=1)
+    zoom: float = Field(0.0, ge=0, lt=1)
+    shear: float = Field(0.0, ge=0, lt=1)
+    translate: float = Field(0.0, ge=0, lt=1)
+    contrast: float = Field(0.0, ge=0, lt=1)
+
+    @property
+    def active(self) -> bool:
+        return self.flip != "none" or any(
+            getattr(self, name) > 0 for name in ("rotation", "zoom", "shear", "translate", "contrast")
+        )
+
+
 class TrainSpec(_Strict):
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(64, ge=1, description="global batch, divided among the workers")
@@ -115,6 +192,7 @@ class TrainSpec(_Strict):
     learning_rate: float = Field(1e-3, gt=0)
     loss: str = "sparse_categorical_crossentropy"
     metrics: list[str] = ["accuracy"]
+    augment: AugmentSpec = AugmentSpec()
 
     @field_validator("optimizer")
     @classmethod
@@ -208,6 +286,13 @@ class ResourcesSpec(_Strict):
     gpus_per_worker: float = Field(1, gt=0, description="used only with use_gpu: true")
     max_concurrent_trials: Union[Literal["auto"], Annotated[int, Field(ge=1)]] = "auto"
     max_failures: int = Field(2, ge=-1, description="restarts of a trial from its checkpoint; -1: unlimited")
+    data_cpus: Union[Literal["auto"], Annotated[float, Field(ge=0)]] = Field(
+        "auto",
+        description=(
+            "CPUs each trial leaves free for Ray Data to read and convert streaming data; "
+            "auto: 1 when the data streams, 0 when it is held in memory"
+        ),
+    )
     executor: Literal["auto", "ray_train", "in_trial"] = Field(
         "auto",
         description=(

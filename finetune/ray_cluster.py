@@ -17,7 +17,7 @@ def connect(address: str | None = None, verbose: bool = False) -> Capacity:
     import ray
 
     if ray.is_initialized():
-        return capacity()
+        return capacity(started_here=not os.environ.get("RAY_ADDRESS"))
     address = address or os.environ.get("RAY_ADDRESS")
     common = dict(logging_level=logging.WARNING, log_to_driver=verbose)
     if address:
@@ -25,10 +25,10 @@ def connect(address: str | None = None, verbose: bool = False) -> Capacity:
     else:
         # The dashboard must run: its placement-group cleaner frees stopped trials' workers.
         ray.init(address="local", include_dashboard=True, runtime_env={"env_vars": WORKER_ENV}, **common)
-    return capacity()
+    return capacity(started_here=not address)
 
 
-def capacity() -> Capacity:
+def capacity(started_here: bool = True) -> Capacity:
     import ray
 
     resources = ray.cluster_resources()
@@ -38,4 +38,5 @@ def capacity() -> Capacity:
         gpus=float(resources.get("GPU", 0)),
         memory=float(resources.get("memory", 0)),
         nodes=len(nodes),
+        started_here=started_here,
     )

@@ -7,6 +7,7 @@ before the run folder exists, so bad input leaves nothing behind.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import platform
 import secrets
@@ -15,7 +16,7 @@ import tempfile
 import time
 
 from finetune import reports, storage
-from finetune.data import LoadedData, check_fits_workers, load_data
+from finetune.data import LoadedData, Split, check_fits_workers, load_data
 from finetune.job import Job, to_yaml
 from finetune.search import DataHandle, count_trials, create_tuner, failure_reasons, plan_concurrency
 
@@ -33,21 +34,24 @@ def run_job(job: Job, address: str | None = None, verbose: bool = False, out=Non
     started = time.time()
 
     # 1. Everything that can be wrong with the input, before anything is written.
+    from finetune import ray_cluster
+    from finetune.train_loop import import_tensorflow_quietly, preflight
+
+    import_tensorflow_quietly()
+    capacity = ray_cluster.connect(address, verbose=verbose)  # file sources are read by Ray Data
     data = load_data(job.dataset, job.seed)
     check_fits_workers(data, job.resources.num_workers)
-    from finetune.train_loop import preflight
-
     preflight(job, data)
-    from finetune import ray_cluster
-
-    capacity = ray_cluster.connect(address, verbose=verbose)
     num_trials = count_trials(job.search)
-    concurrency = plan_concurrency(job, capacity, num_trials)
+    concurrency = plan_concurrency(job, capacity, num_trials, streaming=data.streaming,
+                                   local=capacity.started_here)
 
     # 2. The run folder: <storage_path>/<name>/<run id>/
     run_dir = new_run_dir(job)
     storage.write_bytes(storage.join(run_dir, "job.yaml"), to_yaml(job).encode())
     storage.write_json(storage.join(run_dir, "classes.json"), data.classes)
+    if data.skipped_rows:
+        print(f"skipped {data.skipped_rows} images that do not decode (dataset.on_bad_image: skip)", file=out)
     print(
         f"run {run_dir}\n{num_trials} trials, {concurrency} at a time, {job.resources.num_workers} "
         f"worker(s) each ({job.executor}); Ray: {capacity.cpus:g} CPUs, {capacity.gpus:g} GPUs, "
@@ -113,13 +117,13 @@ def finish_run(job: Job, run_dir: str, results: list, data: LoadedData, started:
     if candidates:
         pick = max if job.search.mode == "max" else min
         best = pick(candidates, key=lambda o: o.best_metric)
-        best_row = next(r for r in rows if r["trial_id"] == best.trial_id and r["epoch"] == best.best_epoch)
-        model_path = storage.join(run_dir, MODEL_FILE)
         result = next(r for r in results if reports._trial_id(r) == best.trial_id)
-        copy_best_checkpoint(result, best_row, job, run_dir, model_path)
+        model_path = storage.join(run_dir, MODEL_FILE)
+        best_row = copy_best_checkpoint(result, [r for r in rows if r["trial_id"] == best.trial_id],
+                                        best.best_metric, job, run_dir, model_path)
         summary.update(
             best_trial_id=best.trial_id,
-            best_epoch=best.best_epoch,
+            best_epoch=best_row["epoch"],
             best_config=best.config,
             best_metrics={k: v for k, v in best_row.items() if isinstance(v, (int, float)) and not k.startswith("config.")},
             model_path=model_path,
@@ -144,26 +148,28 @@ def finish_run(job: Job, run_dir: str, results: list, data: LoadedData, started:
     return summary
 
 
-def copy_best_checkpoint(result, best_row: dict, job: Job, run_dir: str, destination: str) -> None:
-    """Copy the best epoch's model into the run folder. Tune keeps each trial's best checkpoint
-    (in_trial); Ray Train keeps its own and names it in the reported metrics (ray_train)."""
+def copy_best_checkpoint(result, trial_rows: list[dict], best_value: float, job: Job, run_dir: str,
+                         destination: str) -> dict:
+    """Copy the model of the trial's best epoch into the run folder and return that epoch's row.
+
+    Tune keeps each trial's best checkpoint (in_trial), Ray Train keeps its own and names it in
+    the reported metrics (ray_train). When epochs tie on the metric, the one kept is the latest."""
+    import pyarrow.fs as pafs
+
     from finetune.train_loop import MODEL_FILE as CHECKPOINT_MODEL
 
     metric = job.search.metric
-    candidates = [(row_path, best_row.get(metric))] if (row_path := best_row.get("checkpoint_path")) else []
-    for checkpoint, metrics in result.best_checkpoints or []:
-        if metrics.get("epoch") == best_row["epoch"]:
-            candidates.insert(0, (checkpoint.path, metrics.get(metric)))
+    tied = sorted((r for r in trial_rows if r.get(metric) == best_value), key=lambda r: -r["epoch"])
+    kept_by_tune = {m.get("epoch"): c.path for c, m in (result.best_checkpoints or [])}
     fs, _ = storage.filesystem(run_dir)
-    import pyarrow.fs as pafs
-
-    for path, _ in candidates:
-        source = f"{path.rstrip('/')}/{CHECKPOINT_MODEL}"
-        if fs.get_file_info(source).type == pafs.FileType.File:
-            destination_fs, destination_path = storage.filesystem(destination)
-            pafs.copy_files(source, destination_path, source_filesystem=fs, destination_filesystem=destination_fs)
-            return
-    raise RuntimeError(f"the best checkpoint of trial {best_row['trial_id']} epoch {best_row['epoch']} is missing")
+    for row in tied:
+        for path in (kept_by_tune.get(row["epoch"]), row.get("checkpoint_path")):
+            if path and fs.get_file_info(f"{path.rstrip('/')}/{CHECKPOINT_MODEL}").type == pafs.FileType.File:
+                destination_fs, destination_path = storage.filesystem(destination)
+                pafs.copy_files(f"{path.rstrip('/')}/{CHECKPOINT_MODEL}", destination_path,
+                                source_filesystem=fs, destination_filesystem=destination_fs)
+                return row
+    raise RuntimeError(f"no checkpoint of trial {trial_rows[0]['trial_id']} with {metric} {best_value} is left")
 
 
 def evaluate_on_test(model_path: str, data: LoadedData, job: Job) -> dict:
@@ -175,13 +181,33 @@ def evaluate_on_test(model_path: str, data: LoadedData, job: Job) -> dict:
     with tempfile.TemporaryDirectory() as directory:
         local = storage.fetch_to_local(model_path, os.path.join(directory, MODEL_FILE))
         model = keras.models.load_model(local)
-    labels = data.test.labels
     encoding = label_encoding(job.train.loss)
-    if encoding == "one_hot":
-        labels = keras.utils.to_categorical(labels, data.num_classes)
-    elif encoding == "binary":
-        labels = labels.reshape(-1, 1).astype("float32")
-    scores = model.evaluate(data.test.features, labels, batch_size=256, verbose=0, return_dict=True)
+
+    def encode(labels):
+        if encoding == "one_hot":
+            return keras.utils.to_categorical(labels, data.num_classes)
+        if encoding == "binary":
+            return labels.reshape(-1, 1).astype("float32")
+        return labels
+
+    if isinstance(data.test, Split):
+        scores = model.evaluate(data.test.features, encode(data.test.labels), batch_size=256, verbose=0,
+                                return_dict=True)
+    else:
+        import tensorflow as tf
+
+        def batches():
+            for batch in data.test.dataset.iter_batches(batch_size=256, batch_format="numpy"):
+                yield batch["features"], encode(batch["label"])
+
+        label_spec = tf.TensorSpec(
+            (None, data.num_classes) if encoding == "one_hot" else (None, 1) if encoding == "binary" else (None,),
+            tf.int32 if encoding == "sparse" else tf.float32)
+        test = tf.data.Dataset.from_generator(batches, output_signature=(
+            tf.TensorSpec((None, *data.input_shape), tf.float32), label_spec))
+        # A known length, so Keras does not warn that the generator "ran out of data".
+        test = test.apply(tf.data.experimental.assert_cardinality(math.ceil(len(data.test) / 256)))
+        scores = model.evaluate(test, verbose=0, return_dict=True)
     return {name: float(value) for name, value in scores.items()}
 
 

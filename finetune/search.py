@@ -48,6 +48,7 @@ class Capacity:
     gpus: float
     memory: float
     nodes: int
+    started_here: bool = True  # a local Ray this process started, not a cluster it joined
 
 
 def trial_resources(job: Job) -> dict[str, float]:
@@ -60,28 +61,41 @@ def trial_resources(job: Job) -> dict[str, float]:
     return resources
 
 
-def plan_concurrency(job: Job, capacity: Capacity, num_trials: int) -> int:
+def plan_concurrency(job: Job, capacity: Capacity, num_trials: int, streaming: bool = False,
+                     local: bool = True) -> int:
     """How many trials may run at once: as many as the CPUs, GPUs and memory hold, so that no
-    trial's workers wait forever for CPUs another trial's driver holds, and memory never runs out."""
+    trial's workers wait forever for CPUs another trial's driver holds, memory never runs out, and
+    streaming data keeps CPUs free for Ray Data's read tasks (else those wait behind the workers
+    that wait for their data).
+
+    On a cluster Ray was asked to join (`local` false), one trial that does not fit yet is not an
+    error: the autoscaler may add nodes, and Tune queues the trials until it has.
+    """
     resources = job.resources
-    cpus_needed = resources.num_workers * resources.cpus_per_worker
+    cpus_needed = resources.num_workers * resources.cpus_per_worker + data_cpus(job, streaming)
     limits = {"CPUs": math.floor(capacity.cpus / cpus_needed + 1e-9)}
     if resources.use_gpu:
         limits["GPUs"] = math.floor(capacity.gpus / (resources.num_workers * resources.gpus_per_worker) + 1e-9)
     limits["memory"] = math.floor(capacity.memory / estimated_trial_memory(job))
     fitting = min(limits.values())
-    if fitting < 1:
+    if fitting < 1 and local:
         short = min(limits, key=limits.get)
+        data = f" plus {data_cpus(job, streaming):g} CPU for Ray Data to stream the data" if streaming else ""
         raise UserError(
-            f"resources: one trial needs {resources.num_workers} workers x "
-            f"{resources.cpus_per_worker} CPUs{' and GPUs' if resources.use_gpu else ''}, but the Ray "
-            f"cluster has {capacity.cpus:g} CPUs, {capacity.gpus:g} GPUs and "
-            f"{capacity.memory / GIB:.1f} GiB of memory ({short} too few). Lower "
+            f"resources: one trial needs {resources.num_workers} workers x {resources.cpus_per_worker:g} "
+            f"CPUs{' and GPUs' if resources.use_gpu else ''}{data}, but this Ray has {capacity.cpus:g} CPUs, "
+            f"{capacity.gpus:g} GPUs and {capacity.memory / GIB:.1f} GiB of memory ({short} too few). Lower "
             f"resources.num_workers or cpus_per_worker, or run on a larger cluster."
         )
     if resources.max_concurrent_trials != "auto":
         return max(1, min(resources.max_concurrent_trials, num_trials))
     return max(1, min(fitting, num_trials))
+
+
+def data_cpus(job: Job, streaming: bool) -> float:
+    if job.resources.data_cpus != "auto":
+        return float(job.resources.data_cpus)
+    return 1.0 if streaming else 0.0
 
 
 def estimated_trial_memory(job: Job) -> float:
@@ -181,13 +195,15 @@ def run_trial(config: dict, *, job_dict: dict, run_dir: str, data: DataHandle) -
 
         run_worker_loop(loop_config, TuneTrialSession())
         return
-    run_ray_train(job, loop_config, run_dir, trial_id)
+    run_ray_train(job, loop_config, run_dir, trial_id, data)
     raise_if_failed(trial_dir)
 
 
-def run_ray_train(job: Job, loop_config: dict, run_dir: str, trial_id: str) -> None:
+def run_ray_train(job: Job, loop_config: dict, run_dir: str, trial_id: str, data: DataHandle) -> None:
     """A Ray Train run for one trial. Its name is the trial id, so a restarted trial resumes the
-    same run from its latest checkpoint."""
+    same run from its latest checkpoint. Streaming splits go to Ray Train, which shards them equally
+    across the workers; in-memory splits reach the workers through the object store."""
+    import ray
     import ray.train
     from ray.train.tensorflow import TensorflowTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
@@ -199,9 +215,12 @@ def run_ray_train(job: Job, loop_config: dict, run_dir: str, trial_id: str) -> N
     per_worker = {"CPU": resources.cpus_per_worker}
     if resources.use_gpu:
         per_worker["GPU"] = resources.gpus_per_worker
+    loaded = ray.get(data.ref)
+    datasets = {"train": loaded.train.dataset, "validation": loaded.validation.dataset} if loaded.streaming else None
     trainer = TensorflowTrainer(
         train_loop_per_worker=train_worker,
         train_loop_config=loop_config,
+        datasets=datasets,
         scaling_config=ray.train.ScalingConfig(
             num_workers=resources.num_workers, use_gpu=resources.use_gpu, resources_per_worker=per_worker
         ),

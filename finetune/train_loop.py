@@ -19,15 +19,15 @@ import math
 import os
 import tempfile
 import time
-from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Callable
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
 from finetune import storage  # noqa: E402
-from finetune.data import LoadedData, Split  # noqa: E402
+from finetune.data import LoadedData  # noqa: E402
+from finetune.data.feed import Batches, worker_batches  # noqa: E402
 from finetune.errors import NonFiniteLossError, UserError  # noqa: E402
 from finetune.job import Job, TrainSpec  # noqa: E402
 
@@ -58,6 +58,10 @@ class RayTrainSession:
     def latest_checkpoint(self):
         return self._train.get_checkpoint()
 
+    def dataset_shard(self, name: str):
+        """This worker's share of a streaming split (Ray Train splits it across the workers)."""
+        return self._train.get_dataset_shard(name)
+
     def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
         from ray.train import Checkpoint
 
@@ -75,6 +79,9 @@ class TuneTrialSession:
         import ray.tune
 
         return ray.tune.get_checkpoint()
+
+    def dataset_shard(self, name: str):
+        return None  # the only worker reads the whole split
 
     def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
         import ray.tune
@@ -102,8 +109,9 @@ def run_worker_loop(config: dict, session) -> None:
     import ray
 
     data: LoadedData = ray.get(config["data"].ref)
+    shards = {name: session.dataset_shard(name) for name in ("train", "validation")} if data.streaming else {}
     trainer = EpochTrainer(job, data, seed=config["seed"], rank=session.world_rank,
-                           world_size=session.world_size)
+                           world_size=session.world_size, shards=shards)
     start_epoch = 0
     checkpoint = session.latest_checkpoint()
     if checkpoint is not None:
@@ -195,18 +203,11 @@ def per_example_metric(name: str, loss: str) -> Callable:
     return keras.losses.get(name)
 
 
-@dataclass
-class _Batches:
-    """One worker's share of a split, as a tf.data pipeline of per-worker batches."""
-
-    dataset: Any
-    steps: int
-
-
 class EpochTrainer:
     """Model, optimizer and compiled epoch functions for one trial on one worker."""
 
-    def __init__(self, job: Job, data: LoadedData, seed: int, rank: int, world_size: int):
+    def __init__(self, job: Job, data: LoadedData, seed: int, rank: int, world_size: int,
+                 shards: dict | None = None):
         import keras
         import tensorflow as tf
 
@@ -220,15 +221,19 @@ class EpochTrainer:
         self.loss_fn = keras.losses.get(job.train.loss)
         keras.utils.set_random_seed(seed)  # same initial weights on every worker
         with self.strategy.scope():
-            self.model = create_model(job.model, data.input_shape, data.num_classes, job.train.loss,
-                                      data.feature_stats())
+            self.model = create_model(job, data)
             self.optimizer = create_optimizer(job.train)
             self._compile()
         self.first_step_done_at = None
         self._train_fn = self._make_train_fn()
         self._eval_fn = self._make_eval_fn()
-        self._validation = self._local_batches(data.validation, shuffle=False)
-        self._train = self._distributed_batches(data.train)
+        shards = shards or {}
+        self._validation = self._batches(data.validation, shards.get("validation"), shuffle=False)
+        self._train = self._batches(data.train, shards.get("train"), shuffle=True)
+        if world_size > 1:
+            # Each worker already holds its own shard: hand it to the strategy as is, no re-sharding.
+            local = self._train.dataset
+            self._train.dataset = self.strategy.distribute_datasets_from_function(lambda _: local)
         self._tf = tf
 
     def _compile(self) -> None:
@@ -248,29 +253,12 @@ class EpochTrainer:
             labels = tf.cast(tf.expand_dims(labels, -1), tf.float32)
         return features, labels
 
-    def _local_batches(self, split: Split, shuffle: bool) -> _Batches:
-        """This worker's rows of a split (row i goes to worker i mod N), batched."""
-        import tensorflow as tf
-
+    def _batches(self, split, shard, shuffle: bool) -> Batches:
         per_worker_batch = max(1, self.job.train.batch_size // self.world_size)
-        rows = np.arange(self.rank, len(split), self.world_size)
-        if shuffle:
-            # Training shards must be equal: every worker runs the same number of steps, since each
-            # step all-reduces. At most N-1 rows are left out, never the same ones across trials.
-            per_worker = len(split) // self.world_size
-            rows = rows[:per_worker]
-        dataset = tf.data.Dataset.from_tensor_slices((split.features[rows], split.labels[rows]))
-        if shuffle:
-            dataset = dataset.shuffle(len(rows), seed=self.seed, reshuffle_each_iteration=True)
-        dataset = dataset.batch(per_worker_batch).map(self._encode).prefetch(tf.data.AUTOTUNE)
-        return _Batches(dataset, math.ceil(len(rows) / per_worker_batch))
-
-    def _distributed_batches(self, split: Split) -> _Batches:
-        local = self._local_batches(split, shuffle=True)
-        # Each worker already holds its own shard: hand it to the strategy as is, with no re-sharding.
-        dataset = self.strategy.distribute_datasets_from_function(lambda _: local.dataset) \
-            if self.world_size > 1 else local.dataset
-        return _Batches(dataset, local.steps)
+        batches = worker_batches(split, shard, self.rank, self.world_size, self.data.input_shape,
+                                 per_worker_batch, shuffle, self.seed)
+        batches.dataset = batches.dataset.map(self._encode)
+        return batches
 
     # -- compiled functions --
 
@@ -403,10 +391,7 @@ def preflight(job: Job, data: LoadedData) -> None:
     """One real training step and one evaluation on a few rows, in the driver, before any trial:
     a model that does not fit the data, or a loss that does not fit the labels, fails here with a
     clear message instead of in every trial."""
-    rows = min(len(data.train), max(2, job.train.batch_size))
-    few = LoadedData(Split(data.train.features[:rows], data.train.labels[:rows]),
-                     Split(data.validation.features[:rows], data.validation.labels[:rows]),
-                     None, data.classes)
+    few = data.head(max(2, min(job.train.batch_size, 64)))
     try:
         trainer = EpochTrainer(job, few, seed=job.seed, rank=0, world_size=1)
         trainer.train_epoch(1)
@@ -418,3 +403,28 @@ def preflight(job: Job, data: LoadedData) -> None:
             f"{data.input_shape} with {data.num_classes} classes, loss {job.train.loss}): "
             f"{str(error).splitlines()[0]}"
         ) from None
+
+
+def import_tensorflow_quietly():
+    """Import TensorFlow with its start-up lines (absl and CUDA-probe messages that no setting
+    silences) kept off the user's terminal; shown only if the import fails."""
+    import sys
+
+    if "tensorflow" in sys.modules:
+        return sys.modules["tensorflow"]
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            import tensorflow as tf
+
+            tf.config.list_physical_devices()  # device discovery prints too
+        except BaseException:
+            os.dup2(saved, 2)
+            captured.seek(0)
+            sys.stderr.write(captured.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+    return tf

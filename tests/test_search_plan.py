@@ -56,3 +56,18 @@ def test_grid_entries_multiply_the_trials():
 def test_schedulers(kind, cls):
     spec = validate_job_dict({"name": "t", "search": {"scheduler": {"type": kind}}})
     assert type(create_scheduler(spec)).__name__ == cls
+
+
+def test_streaming_leaves_a_cpu_for_ray_data():
+    # Two 1-CPU workers would hold both cores while Ray Data's read tasks wait for one: a deadlock.
+    with pytest.raises(UserError, match="Ray Data"):
+        plan_concurrency(job(num_workers=2), LAPTOP, 4, streaming=True)
+    assert plan_concurrency(job(num_workers=2, cpus_per_worker=0.5), LAPTOP, 4, streaming=True) == 1
+    assert plan_concurrency(job(num_workers=1), LAPTOP, 4, streaming=True) == 1
+    assert plan_concurrency(job(num_workers=1, data_cpus=0), LAPTOP, 4, streaming=True) == 2
+
+
+def test_a_joined_cluster_may_grow_so_a_trial_that_does_not_fit_yet_waits():
+    scaled_down = Capacity(cpus=0, gpus=0, memory=8 * GIB, nodes=1, started_here=False)
+    assert plan_concurrency(job(num_workers=4, use_gpu=True), scaled_down, 12, local=False) == 1
+    assert plan_concurrency(job(num_workers=4, max_concurrent_trials=3), scaled_down, 12, local=False) == 3

@@ -1,0 +1,153 @@
+"""Rows of a table or image list -> model inputs. Runs inside Ray Data tasks, batch by batch.
+
+Each batch becomes `features` (float32, one tensor per row), `label_raw` (the label as written),
+`problem` (empty, or why the row is unusable: NaN, a missing label, an image that does not decode)
+and `name` (what to call the row in an error message). Problems are collected, not raised, so the
+driver can report the first few with their names, or skip bad images when asked.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+
+@dataclass(frozen=True)
+class Conversion:
+    feature_columns: tuple[str, ...]  # for tables
+    label_column: str
+    image_column: str | None = None  # paths or encoded bytes
+    image_root: str = ""  # relative image paths start here
+    image_size: tuple[int, int] | None = None  # (height, width) to resize to
+    expected_size: tuple[int, int] | None = None  # without image_size: every image must have this one
+    channels: int = 3
+    split_column: str | None = None
+
+
+def convert_batch(table: pa.Table, conversion: Conversion) -> dict[str, np.ndarray]:
+    rows = table.num_rows
+    if conversion.image_column:
+        features, problems, names = _decode_images(table.column(conversion.image_column), conversion)
+    else:
+        features = stack_features(table, conversion.feature_columns)
+        finite = np.isfinite(features.reshape(rows, -1)).all(axis=1)
+        problems = np.where(finite, "", "NaN or infinite feature value").astype(object)
+        names = np.array([f"row with {conversion.label_column}={v}" for v in
+                          table.column(conversion.label_column).to_pylist()], dtype=object)
+    labels = table.column(conversion.label_column)
+    label_raw = np.array(labels.to_pylist(), dtype=object)
+    for i, value in enumerate(label_raw):
+        if value is None or (isinstance(value, float) and not np.isfinite(value)):
+            problems[i] = problems[i] or f"missing or non-finite label {value!r}"
+    out = {"features": features, "label_raw": label_raw.astype(str), "problem": problems, "name": names}
+    if conversion.split_column:
+        out["split"] = np.array(table.column(conversion.split_column).to_pylist(), dtype=object).astype(str)
+    return out
+
+
+def stack_features(table: pa.Table, columns: tuple[str, ...]) -> np.ndarray:
+    """Numeric columns side by side (rows, k); one fixed-size-list column as a tensor (rows, *shape)."""
+    rows = table.num_rows
+    if len(columns) == 1 and is_tensor(table.column(columns[0]).type):
+        return tensor_column(table.column(columns[0]))
+    stacked = np.empty((rows, len(columns)), dtype=np.float32)
+    for j, name in enumerate(columns):
+        column = table.column(name)
+        if column.null_count:
+            column = column.cast(pa.float64()).fill_null(np.nan)
+        stacked[:, j] = column.to_numpy().astype(np.float32)
+    return stacked
+
+
+def tensor_column(column) -> np.ndarray:
+    """A (nested) fixed_size_list column, or Ray's tensor extension, as a (rows, *shape) array."""
+    column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if hasattr(column, "to_numpy_ndarray"):  # Ray's ArrowTensorArray
+        return np.asarray(column.to_numpy_ndarray(), dtype=np.float32)
+    shape = []
+    values = column
+    while pa.types.is_fixed_size_list(values.type):
+        shape.append(values.type.list_size)
+        values = values.flatten()
+    return values.to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(column), *shape)
+
+
+def is_tensor(arrow_type: pa.DataType) -> bool:
+    return pa.types.is_fixed_size_list(arrow_type) or "tensor" in str(arrow_type).lower()
+
+
+def is_numeric(arrow_type: pa.DataType) -> bool:
+    if pa.types.is_integer(arrow_type) or pa.types.is_floating(arrow_type) or pa.types.is_boolean(arrow_type):
+        return True
+    if pa.types.is_fixed_size_list(arrow_type):
+        return is_numeric(arrow_type.value_type)
+    return "tensor" in str(arrow_type).lower()
+
+
+# --- images --------------------------------------------------------------------------------------
+
+
+def _decode_images(column, conversion: Conversion):
+    rows = len(column)
+    height, width = conversion.image_size or conversion.expected_size or (0, 0)
+    features = np.zeros((rows, height, width, conversion.channels), dtype=np.float32)
+    problems = np.full(rows, "", dtype=object)
+    names = np.empty(rows, dtype=object)
+    for i, value in enumerate(column.to_pylist()):
+        names[i] = value if isinstance(value, str) else f"image bytes in row {i} of a batch"
+        try:
+            data = read_image_bytes(value, conversion.image_root) if isinstance(value, str) else value
+            image = decode_image(data, conversion.channels, conversion.image_size)
+        except Exception as error:  # PIL raises many kinds for bad files; each is a bad image
+            problems[i] = f"cannot decode image: {error}"
+            continue
+        if image.shape[:2] != (height, width):
+            problems[i] = (f"image size {image.shape[1]}x{image.shape[0]} differs from "
+                           f"{width}x{height}; set dataset.image_size: [h, w] to resize every image")
+            continue
+        features[i] = image
+    return features, problems, names
+
+
+def decode_image(data: bytes, channels: int, size: tuple[int, int] | None) -> np.ndarray:
+    """Encoded image bytes -> (height, width, channels) float32 pixel values 0..255."""
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(data))
+    image = image.convert("L" if channels == 1 else "RGB")
+    if size is not None and image.size != (size[1], size[0]):
+        image = image.resize((size[1], size[0]), Image.BILINEAR)
+    array = np.asarray(image, dtype=np.float32)
+    return array[..., np.newaxis] if channels == 1 else array
+
+
+def image_info(data: bytes) -> tuple[tuple[int, int], int]:
+    """((height, width), channels) of an encoded image, without decoding all of it."""
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(data))
+    channels = 1 if image.mode in ("1", "L", "I", "I;16", "F") else 3
+    return (image.size[1], image.size[0]), channels
+
+
+_FILESYSTEMS: dict = {}
+
+
+def read_image_bytes(path: str, root: str) -> bytes:
+    """Read an image by path or URI; relative paths start at the table's folder."""
+    import posixpath
+
+    import pyarrow.fs as pafs
+
+    if "://" not in path and not path.startswith("/"):
+        path = posixpath.join(root, path)
+    scheme = path.split("://")[0] if "://" in path else "file"
+    if scheme not in _FILESYSTEMS:
+        _FILESYSTEMS[scheme] = pafs.FileSystem.from_uri(path)[0]
+    filesystem = _FILESYSTEMS[scheme]
+    inner = pafs.FileSystem.from_uri(path)[1] if "://" in path else path
+    with filesystem.open_input_stream(inner) as stream:
+        return stream.read()

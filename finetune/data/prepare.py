@@ -1,0 +1,380 @@
+"""From a job's `dataset:` section to checked splits, in memory or streaming.
+
+One pass over the data checks it before any trial starts (columns, types, NaN, labels, images,
+split sizes) and computes the class list and the training statistics. Small data is then held in
+memory and shared with every trial; large data stays a Ray Dataset that streams to the workers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from dataclasses import replace
+
+import numpy as np
+
+from finetune.data import files as data_files
+from finetune.data.bundle import LoadedData, Split, StreamSplit, feature_statistics
+from finetune.data.convert import Conversion, convert_batch, image_info, is_numeric, is_tensor, read_image_bytes
+from finetune.errors import DataError
+from finetune.job import DatasetSpec
+
+# Data whose model inputs would take more than this stays on disk and streams.
+IN_MEMORY_LIMIT_BYTES = 1 << 30
+# How many bad rows an error message names.
+EXAMPLES = 3
+SPLITS = ("train", "validation", "test")
+
+
+def load_files(spec: DatasetSpec, seed: int) -> LoadedData:
+    """Read, convert, check and split the files a dataset section names."""
+    import ray.data
+
+    _quiet_ray_data()
+    sources = ({"all": spec.source} if spec.source else
+               {name: getattr(spec, name).source for name in SPLITS if getattr(spec, name) is not None})
+    formats = {name: spec.format if name == "all" else getattr(spec, name).format or spec.format for name in sources}
+    resolved = {name: data_files.resolve(location, _field(name), formats[name]) for name, location in sources.items()}
+    fingerprint = {name: f.fingerprint() for name, f in resolved.items()}
+
+    first = next(iter(resolved.values()))
+    kind = "images" if first.format == "images" or spec.image_column else "table"
+    raw, conversion, class_names = {}, None, None
+    for name, found in resolved.items():
+        if found.format == "images":
+            paths, labels = data_files.image_folder_rows(found)
+            class_names = sorted(set(class_names or []) | set(data_files.class_folders(found)))
+            dataset = ray.data.from_items([{"image": p, spec.label: c} for p, c in zip(paths, labels)],
+                                          override_num_blocks=max(1, min(64, len(paths) // 256)))
+            columns = {"image": "string", spec.label: "string"}
+            image_column = "image"
+        else:
+            dataset, columns = _open_table(found)
+            image_column = spec.image_column
+        if conversion is None:
+            conversion = _conversion(spec, columns, image_column, found, dataset, name)
+        raw[name] = dataset
+    estimate = _estimated_bytes(resolved, conversion, kind)
+    in_memory = spec.in_memory if spec.in_memory != "auto" else estimate <= IN_MEMORY_LIMIT_BYTES
+    converted = {name: ds.map_batches(convert_batch, fn_kwargs={"conversion": conversion}, batch_format="pyarrow",
+                                      batch_size=1024)
+                 for name, ds in raw.items()}
+    loader = _load_in_memory if in_memory else _load_streaming
+    data = loader(spec, converted, conversion, seed, class_names)
+    return replace(data, fingerprint={"in_memory": in_memory, "sources": fingerprint, **data.fingerprint})
+
+
+def _field(name: str) -> str:
+    return "dataset.source" if name == "all" else f"dataset.{name}.source"
+
+
+def _quiet_ray_data() -> None:
+    import logging
+
+    import ray.data
+
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
+
+
+def _open_table(found: data_files.Files):
+    """The lazy Ray Dataset of a table and its columns; unreadable files become a DataError."""
+    try:
+        dataset = data_files.read_table(found)
+        schema = dataset.schema()
+    except Exception as error:  # pyarrow raises ArrowInvalid, OSError... for unreadable files
+        raise DataError(
+            f"dataset.source: cannot read {found.location!r} as {found.format}: {_first_line(error)}. "
+            f"Check that the file is a valid {found.format} file, or set dataset.format."
+        ) from None
+    if schema is None:
+        raise DataError(f"dataset.source: {found.location!r} holds no rows.")
+    return dataset, dict(zip(schema.names, schema.types))
+
+
+def _conversion(spec: DatasetSpec, columns: dict, image_column: str | None, found, dataset, split: str) -> Conversion:
+    names = list(columns)
+    where = f"in {found.location!r}"
+
+    def require(column: str, field: str) -> None:
+        if column not in columns:
+            import difflib
+
+            close = difflib.get_close_matches(column, names, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise DataError(f"{field}: no column {column!r} {where}; its columns are: {', '.join(names)}.{hint}")
+
+    require(spec.label, "dataset.label")
+    split_column = spec.split.column if split == "all" else None
+    if split_column:
+        require(split_column, "dataset.split.column")
+    if image_column:
+        require(image_column, "dataset.image_column")
+        size, channels = spec.image_size, spec.channels
+        if size is None or channels is None:
+            first = dataset.take(1)
+            if not first:
+                raise DataError(f"dataset.source: {found.location!r} holds no rows.")
+            value = first[0][image_column]
+            root = found.uri(found.root)
+            try:
+                probed_size, probed_channels = image_info(read_image_bytes(value, root) if isinstance(value, str) else value)
+            except Exception as error:
+                raise DataError(f"dataset: cannot decode image {value if isinstance(value, str) else '(bytes)'}: "
+                                f"{_first_line(error)}. Fix or remove it, or set dataset.on_bad_image: skip.") from None
+            channels = channels or probed_channels
+        return Conversion((), spec.label, image_column, found.uri(found.root), tuple(spec.image_size) if spec.image_size else None,
+                          None if spec.image_size else probed_size, channels, split_column)
+    excluded = {spec.label, split_column}
+    features = spec.features or [c for c in names if c not in excluded]
+    for column in features:
+        require(column, "dataset.features")
+    if not features:
+        raise DataError(f"dataset.features: {where} has no columns besides the label.")
+    bad = [f"{c} ({columns[c]})" for c in features if not is_numeric(columns[c])]
+    if bad:
+        raise DataError(f"dataset.features: columns must be numbers; {', '.join(bad)} {'is' if len(bad) == 1 else 'are'} not. "
+                        f"Leave them out with dataset.features: [..], or encode them as numbers.")
+    tensors = [c for c in features if is_tensor(columns[c])]
+    if tensors and len(features) > 1:
+        raise DataError(f"dataset.features: a tensor column ({tensors[0]}) must be the only feature; "
+                        f"got {', '.join(features)}.")
+    return Conversion(tuple(features), spec.label, split_column=split_column)
+
+
+def _estimated_bytes(resolved: dict, conversion: Conversion, kind: str) -> float:
+    """What the model inputs of all splits would take in memory."""
+    if kind == "images":
+        height, width = conversion.image_size or conversion.expected_size
+        images = sum(len(f.paths) for f in resolved.values())  # folder sources: one file per image
+        per_image = height * width * conversion.channels * 4
+        return images * per_image if resolved and next(iter(resolved.values())).format == "images" \
+            else sum(f.total_bytes for f in resolved.values()) * 20
+    return sum(f.total_bytes for f in resolved.values()) * 3  # compressed or text -> float32
+
+
+# --- in memory -----------------------------------------------------------------------------------
+
+
+def _load_in_memory(spec, converted, conversion, seed, class_names) -> LoadedData:
+    arrays = {}
+    for name, dataset in converted.items():
+        try:
+            batches = list(dataset.iter_batches(batch_size=None, batch_format="numpy"))
+        except Exception as error:
+            raise DataError(f"{_field(name)}: cannot read the data: {_first_line(error)}") from None
+        if not batches:
+            raise DataError(f"{_field(name)}: no rows.")
+        arrays[name] = {key: np.concatenate([b[key] for b in batches]) for key in batches[0]}
+    skipped = 0
+    for name, columns in arrays.items():
+        bad = columns["problem"] != ""
+        if bad.any():
+            skippable = np.array([p.startswith("cannot decode") for p in columns["problem"][bad]])
+            if spec.on_bad_image == "skip" and skippable.all():
+                skipped += int(bad.sum())
+                arrays[name] = {key: value[~bad] for key, value in columns.items()}
+            else:
+                _raise_problems(columns["name"][bad], columns["problem"][bad], int(bad.sum()), name)
+    parts = _split_in_memory(spec, arrays, seed)
+    for name in ("train", "validation"):
+        if len(parts[name]["label_raw"]) == 0:
+            raise DataError(f"dataset.split: the {name} split is empty; give it rows (a larger fraction, "
+                            f"more data, or rows marked {name!r} in the split column).")
+    classes = _classes(Counter(parts["train"]["label_raw"].tolist()), class_names,
+                       {n: Counter(p["label_raw"].tolist()) for n, p in parts.items() if n != "train"})
+    index = {name: i for i, name in enumerate(classes)}
+    splits = {name: Split(part["features"].astype(np.float32, copy=False),
+                          np.array([index[v] for v in part["label_raw"]], dtype=np.int32))
+              for name, part in parts.items()}
+    mean, variance = feature_statistics(splits["train"].features)
+    return LoadedData(splits["train"], splits["validation"], splits.get("test"), classes,
+                      tuple(splits["train"].features.shape[1:]), mean, variance, skipped_rows=skipped)
+
+
+def _split_in_memory(spec, arrays, seed) -> dict[str, dict]:
+    if "all" not in arrays:
+        return arrays
+    columns = arrays["all"]
+    if spec.split.column:
+        parts = {name: {k: v[columns["split"] == name] for k, v in columns.items()} for name in SPLITS}
+        _check_split_values(columns["split"], spec.split.column)
+        return {name: part for name, part in parts.items() if name != "test" or len(part["label_raw"])}
+    from finetune.data import stratified_rows
+
+    rows = stratified_rows(columns["label_raw"], spec.split.validation, spec.split.test, seed)
+    return {name: {k: v[index] for k, v in columns.items()} for name, index in rows.items()}
+
+
+def _check_split_values(values: np.ndarray, column: str) -> None:
+    unknown = sorted(set(values.tolist()) - set(SPLITS))
+    if unknown:
+        raise DataError(f"dataset.split.column: column {column!r} holds {', '.join(map(repr, unknown[:5]))}; "
+                        f"expected only train, validation and test.")
+
+
+def _classes(train_counts: Counter, folder_classes: list[str] | None, other_counts: dict[str, Counter]) -> list[str]:
+    """Class names in a stable order (numbers by value, text alphabetically); a class that has no
+    training rows is an error, not a silent new index."""
+    classes = sorted(train_counts, key=_class_sort_key)
+    for name in folder_classes or []:
+        if name not in train_counts:
+            raise DataError(f"dataset: class {name!r} has no training rows (its folder is empty or all its "
+                            "images went to other splits). Add images or remove the folder.")
+    for split, counts in other_counts.items():
+        unseen = sorted(set(counts) - set(train_counts), key=_class_sort_key)
+        if unseen:
+            raise DataError(f"dataset: class {unseen[0]!r} appears in the {split} split ({counts[unseen[0]]} rows) "
+                            f"but has no training rows; the model could never predict it. Add training rows "
+                            f"for it or remove those rows.")
+    if len(classes) < 2:
+        raise DataError(f"dataset.label: the training split has {len(classes)} class; expected at least 2.")
+    return classes
+
+
+def _class_sort_key(name: str):
+    try:
+        return (0, float(name), name)
+    except ValueError:
+        return (1, 0.0, name)
+
+
+def _raise_problems(names, problems, count: int, split: str) -> None:
+    examples = "; ".join(f"{n}: {p}" for n, p in list(zip(names, problems))[:EXAMPLES])
+    kinds = Counter(p.split(":")[0] for p in problems)
+    hint = ("Fix or remove those images, or set dataset.on_bad_image: skip."
+            if any(k.startswith("cannot decode") for k in kinds) else
+            "Set dataset.image_size to resize images." if any("differs" in p for p in problems) else
+            "Clean or drop those rows before training.")
+    where = "" if split == "all" else f" of the {split} split"
+    raise DataError(f"dataset: {count} unusable row{'s' if count != 1 else ''}{where} ({examples}). {hint}")
+
+
+# --- streaming -----------------------------------------------------------------------------------
+
+
+def _load_streaming(spec, converted, conversion, seed, class_names) -> LoadedData:
+    """Check every row once with Ray Data (in parallel, on the cluster), keep the splits lazy."""
+    if "all" in converted:
+        base = converted["all"]
+        if spec.split.column:
+            splits = {name: base.filter(_split_is, fn_kwargs={"name": name}) for name in SPLITS}
+        else:
+            bounds = {"train": (spec.split.validation + spec.split.test, 1.0),
+                      "validation": (0.0, spec.split.validation),
+                      "test": (spec.split.validation, spec.split.validation + spec.split.test)}
+            splits = {name: base.map_batches(_in_bucket, fn_kwargs={"low": low, "high": high, "seed": seed},
+                                             batch_format="numpy")
+                      for name, (low, high) in bounds.items() if high > low}
+    else:
+        splits = dict(converted)
+    if spec.split.column:
+        _check_split_values(np.array(converted["all"].unique("split")), spec.split.column)
+    summaries = {name: _summarize(dataset, name) for name, dataset in splits.items()}
+    skipped = 0
+    for name, summary in summaries.items():
+        if summary["bad"]:
+            decode_only = all(p.startswith("cannot decode") for _, p in summary["examples"]) and summary["bad"] == summary["decode"]
+            if spec.on_bad_image == "skip" and decode_only:
+                skipped += summary["bad"]
+                splits[name] = splits[name].filter(_no_problem)
+            else:
+                names, problems = zip(*summary["examples"])
+                _raise_problems(list(names), list(problems), summary["bad"], name)
+    classes = _classes(summaries["train"]["labels"], class_names,
+                       {n: s["labels"] for n, s in summaries.items() if n != "train"})
+    for name, summary in summaries.items():
+        if summary["rows"] - (summary["bad"] if spec.on_bad_image == "skip" else 0) == 0 and name != "test":
+            raise DataError(f"dataset.split: the {name} split is empty; use a larger fraction or more data.")
+    final = {name: StreamSplit(ds.map_batches(_to_model_inputs, fn_kwargs={"classes": classes}, batch_format="numpy"),
+                               summaries[name]["rows"] - (summaries[name]["bad"] if spec.on_bad_image == "skip" else 0))
+             for name, ds in splits.items() if summaries[name]["rows"]}
+    train = summaries["train"]
+    mean = train["sum"] / train["count"]
+    variance = np.maximum(train["sum_squares"] / train["count"] - mean**2, 0.0)
+    return LoadedData(final["train"], final["validation"], final.get("test"), classes, train["shape"], mean, variance,
+                      skipped_rows=skipped)
+
+
+def _split_is(row: dict, name: str) -> bool:
+    return row["split"] == name
+
+
+def _no_problem(row: dict) -> bool:
+    return row["problem"] == ""
+
+
+def row_buckets(features: np.ndarray, seed: int) -> np.ndarray:
+    """A number in [0, 1) per row from its content and the seed: the same row always lands in the
+    same split, whatever the order, the batching or the number of readers."""
+    flat = np.ascontiguousarray(features.reshape(len(features), -1), dtype=np.float32).view(np.uint32).astype(np.uint64)
+    weights = (np.arange(1, flat.shape[1] + 1, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)) | np.uint64(1)
+    with np.errstate(over="ignore"):
+        mixed = (flat * weights).sum(axis=1, dtype=np.uint64) ^ np.uint64(seed * 0x2545F4914F6CDD1D & (2**64 - 1))
+        mixed ^= mixed >> np.uint64(31)
+        mixed *= np.uint64(0xBF58476D1CE4E5B9)
+        mixed ^= mixed >> np.uint64(29)
+    return (mixed >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
+def _in_bucket(batch: dict, low: float, high: float, seed: int) -> dict:
+    buckets = row_buckets(batch["features"], seed)
+    keep = (buckets >= low) & (buckets < high)
+    return {key: value[keep] for key, value in batch.items()}
+
+
+def _summarize(dataset, split: str) -> dict:
+    """Row count, label counts, bad rows and feature sums of a split, in one parallel pass."""
+    try:
+        parts = dataset.map_batches(_batch_summary, batch_format="numpy").take_all()
+    except Exception as error:
+        raise DataError(f"dataset: cannot read the {split} data: {_first_line(error)}") from None
+    summary = {"rows": 0, "bad": 0, "decode": 0, "labels": Counter(), "examples": [], "count": 0.0,
+               "sum": 0.0, "sum_squares": 0.0, "shape": None}
+    for part in parts:
+        item = json.loads(part["summary"])
+        summary["rows"] += item["rows"]
+        summary["bad"] += item["bad"]
+        summary["decode"] += item["decode"]
+        summary["labels"].update(item["labels"])
+        summary["examples"].extend(tuple(e) for e in item["examples"])
+        summary["count"] += item["count"]
+        summary["sum"] = summary["sum"] + np.array(item["sum"])
+        summary["sum_squares"] = summary["sum_squares"] + np.array(item["sum_squares"])
+        summary["shape"] = summary["shape"] or tuple(item["shape"])
+    summary["examples"] = summary["examples"][:EXAMPLES]
+    return summary
+
+
+def _batch_summary(batch: dict) -> dict:
+    features, problems = batch["features"], batch["problem"]
+    good = problems == ""
+    used = features[good]
+    per = used.reshape(-1, used.shape[-1]) if used.ndim > 2 else used
+    item = {
+        "rows": int(len(problems)), "bad": int((~good).sum()),
+        "decode": int(sum(p.startswith("cannot decode") for p in problems[~good])),
+        "labels": Counter(batch["label_raw"][good].tolist()),
+        "examples": [[str(n), str(p)] for n, p in zip(batch["name"][~good][:EXAMPLES], problems[~good][:EXAMPLES])],
+        "count": float(len(per)), "sum": per.sum(axis=0, dtype=np.float64).tolist(),
+        "sum_squares": (per.astype(np.float64) ** 2).sum(axis=0).tolist(),
+        "shape": list(features.shape[1:]),
+    }
+    return {"summary": np.array([json.dumps(item)])}
+
+
+def _to_model_inputs(batch: dict, classes: list[str]) -> dict:
+    index = {name: i for i, name in enumerate(classes)}
+    return {"features": batch["features"].astype(np.float32, copy=False),
+            "label": np.array([index[v] for v in batch["label_raw"]], dtype=np.int32)}
+
+
+def _first_line(error: BaseException) -> str:
+    cause = error
+    while getattr(cause, "cause", None) is not None:
+        cause = cause.cause
+    text = str(cause).strip().splitlines()
+    return (text[0] if text else type(cause).__name__)[:400]
