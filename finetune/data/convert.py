@@ -28,24 +28,65 @@ class Conversion:
 
 
 def convert_batch(table: pa.Table, conversion: Conversion) -> dict[str, np.ndarray]:
+    import pyarrow.compute as pc
+
     rows = table.num_rows
+    labels = table.column(conversion.label_column)
     if conversion.image_column:
         features, problems, names = _decode_images(table.column(conversion.image_column), conversion)
     else:
         features = stack_features(table, conversion.feature_columns)
         finite = np.isfinite(features.reshape(rows, -1)).all(axis=1)
         problems = np.where(finite, "", "NaN or infinite feature value").astype(object)
-        names = np.array([f"row with {conversion.label_column}={v}" for v in
-                          table.column(conversion.label_column).to_pylist()], dtype=object)
-    labels = table.column(conversion.label_column)
-    label_raw = np.array(labels.to_pylist(), dtype=object)
-    for i, value in enumerate(label_raw):
-        if value is None or (isinstance(value, float) and not np.isfinite(value)):
-            problems[i] = problems[i] or f"missing or non-finite label {value!r}"
-    out = {"features": features, "label_raw": label_raw.astype(str), "problem": problems, "name": names}
+        names = np.full(rows, "", dtype=object)  # named only when unusable (below): cheap for large data
+    missing = pc.is_null(labels, nan_is_null=True).to_numpy(zero_copy_only=False)
+    if missing.any():
+        problems[missing & (problems == "")] = "missing or non-finite label"
+    if not conversion.image_column:
+        bad = np.flatnonzero(problems != "")
+        label_values = labels.take(pa.array(bad)).to_pylist() if len(bad) else []
+        names[bad] = [f"row with {conversion.label_column}={value!r}" for value in label_values]
+    label_raw = pc.cast(labels, pa.string()).to_numpy(zero_copy_only=False)
+    out = {"features": features, "label_raw": label_raw, "problem": problems, "name": names}
     if conversion.split_column:
-        out["split"] = np.array(table.column(conversion.split_column).to_pylist(), dtype=object).astype(str)
+        out["split"] = pc.cast(table.column(conversion.split_column), pa.string()).to_numpy(zero_copy_only=False)
     return out
+
+
+def model_inputs_batch(table: pa.Table, conversion: Conversion, classes: list[str], split: tuple | None) -> dict:
+    """The training pipeline's one step per batch: features and class index of the usable rows
+    that belong to one split. Lean on purpose (no per-row text), since it runs every epoch."""
+    import pyarrow.compute as pc
+
+    if split and split[0] == "column":
+        table = table.filter(pc.equal(pc.cast(table.column(conversion.split_column), pa.string()), split[1]))
+    if conversion.image_column:
+        features, problems, _ = _decode_images(table.column(conversion.image_column), conversion)
+        keep = problems == ""
+    else:
+        features = stack_features(table, conversion.feature_columns)
+        keep = np.ones(len(features), dtype=bool)
+    if split and split[0] == "bucket":
+        _, low, high, seed = split
+        buckets = row_buckets(features, seed)
+        keep &= (buckets >= low) & (buckets < high)
+    labels = pc.index_in(pc.cast(table.column(conversion.label_column), pa.string()),
+                         value_set=pa.array(classes, pa.string())).to_numpy(zero_copy_only=False)
+    return {"features": features[keep], "label": labels[keep].astype(np.int32)}
+
+
+def row_buckets(features: np.ndarray, seed: int) -> np.ndarray:
+    """A number in [0, 1) per row from its content and the seed: the same row always lands in the
+    same split, whatever the order, the batching or the number of readers (and duplicates of a row
+    never straddle two splits)."""
+    flat = np.ascontiguousarray(features.reshape(len(features), -1), dtype=np.float32).view(np.uint32).astype(np.uint64)
+    weights = (np.arange(1, flat.shape[1] + 1, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)) | np.uint64(1)
+    with np.errstate(over="ignore"):
+        mixed = (flat * weights).sum(axis=1, dtype=np.uint64) ^ np.uint64(seed * 0x2545F4914F6CDD1D & (2**64 - 1))
+        mixed ^= mixed >> np.uint64(31)
+        mixed *= np.uint64(0xBF58476D1CE4E5B9)
+        mixed ^= mixed >> np.uint64(29)
+    return (mixed >> np.uint64(11)).astype(np.float64) / float(1 << 53)
 
 
 def stack_features(table: pa.Table, columns: tuple[str, ...]) -> np.ndarray:

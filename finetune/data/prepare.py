@@ -16,7 +16,16 @@ import numpy as np
 
 from finetune.data import files as data_files
 from finetune.data.bundle import LoadedData, Split, StreamSplit, feature_statistics
-from finetune.data.convert import Conversion, convert_batch, image_info, is_numeric, is_tensor, read_image_bytes
+from finetune.data.convert import (
+    Conversion,
+    convert_batch,
+    image_info,
+    is_numeric,
+    is_tensor,
+    model_inputs_batch,
+    read_image_bytes,
+    row_buckets,
+)
 from finetune.errors import DataError
 from finetune.job import DatasetSpec
 
@@ -60,8 +69,10 @@ def load_files(spec: DatasetSpec, seed: int) -> LoadedData:
     converted = {name: ds.map_batches(convert_batch, fn_kwargs={"conversion": conversion}, batch_format="pyarrow",
                                       batch_size=1024)
                  for name, ds in raw.items()}
-    loader = _load_in_memory if in_memory else _load_streaming
-    data = loader(spec, converted, conversion, seed, class_names)
+    if in_memory:
+        data = _load_in_memory(spec, converted, conversion, seed, class_names)
+    else:
+        data = _load_streaming(spec, converted, conversion, seed, class_names, raw)
     return replace(data, fingerprint={"in_memory": in_memory, "sources": fingerprint, **data.fingerprint})
 
 
@@ -256,42 +267,46 @@ def _raise_problems(names, problems, count: int, split: str) -> None:
 # --- streaming -----------------------------------------------------------------------------------
 
 
-def _load_streaming(spec, converted, conversion, seed, class_names) -> LoadedData:
-    """Check every row once with Ray Data (in parallel, on the cluster), keep the splits lazy."""
+def _load_streaming(spec, converted, conversion, seed, class_names, raw) -> LoadedData:
+    """Check every row once with Ray Data (in parallel, on the cluster); keep the splits lazy."""
     if "all" in converted:
         base = converted["all"]
         if spec.split.column:
-            splits = {name: base.filter(_split_is, fn_kwargs={"name": name}) for name in SPLITS}
+            _check_split_values(np.array(base.unique("split")), spec.split.column)
+            filters = {name: ("column", name) for name in SPLITS}
+            checked = {name: base.filter(_split_is, fn_kwargs={"name": name}) for name in SPLITS}
         else:
             bounds = {"train": (spec.split.validation + spec.split.test, 1.0),
                       "validation": (0.0, spec.split.validation),
                       "test": (spec.split.validation, spec.split.validation + spec.split.test)}
-            splits = {name: base.map_batches(_in_bucket, fn_kwargs={"low": low, "high": high, "seed": seed},
-                                             batch_format="numpy")
-                      for name, (low, high) in bounds.items() if high > low}
+            filters = {name: ("bucket", low, high, seed) for name, (low, high) in bounds.items() if high > low}
+            checked = {name: base.map_batches(_in_bucket, fn_kwargs={"low": low, "high": high, "seed": seed},
+                                              batch_format="numpy")
+                       for name, (_, low, high, _) in filters.items()}
+        sources = {name: raw["all"] for name in filters}
     else:
-        splits = dict(converted)
-    if spec.split.column:
-        _check_split_values(np.array(converted["all"].unique("split")), spec.split.column)
-    summaries = {name: _summarize(dataset, name) for name, dataset in splits.items()}
+        filters = {name: None for name in converted}
+        checked, sources = dict(converted), dict(raw)
+    summaries = {name: _summarize(dataset, name) for name, dataset in checked.items()}
     skipped = 0
     for name, summary in summaries.items():
         if summary["bad"]:
-            decode_only = all(p.startswith("cannot decode") for _, p in summary["examples"]) and summary["bad"] == summary["decode"]
-            if spec.on_bad_image == "skip" and decode_only:
+            if spec.on_bad_image == "skip" and summary["bad"] == summary["decode"]:
                 skipped += summary["bad"]
-                splits[name] = splits[name].filter(_no_problem)
             else:
                 names, problems = zip(*summary["examples"])
                 _raise_problems(list(names), list(problems), summary["bad"], name)
     classes = _classes(summaries["train"]["labels"], class_names,
                        {n: s["labels"] for n, s in summaries.items() if n != "train"})
-    for name, summary in summaries.items():
-        if summary["rows"] - (summary["bad"] if spec.on_bad_image == "skip" else 0) == 0 and name != "test":
+    rows = {name: summary["rows"] - summary["bad"] for name, summary in summaries.items()}
+    for name in ("train", "validation"):
+        if rows.get(name, 0) == 0:
             raise DataError(f"dataset.split: the {name} split is empty; use a larger fraction or more data.")
-    final = {name: StreamSplit(ds.map_batches(_to_model_inputs, fn_kwargs={"classes": classes}, batch_format="numpy"),
-                               summaries[name]["rows"] - (summaries[name]["bad"] if spec.on_bad_image == "skip" else 0))
-             for name, ds in splits.items() if summaries[name]["rows"]}
+    # What trials read every epoch: one lean conversion from the raw rows to model inputs.
+    final = {name: StreamSplit(sources[name].map_batches(
+                 model_inputs_batch, fn_kwargs={"conversion": conversion, "classes": classes, "split": filters[name]},
+                 batch_format="pyarrow", batch_size=None), rows[name])
+             for name in checked if rows[name]}
     train = summaries["train"]
     mean = train["sum"] / train["count"]
     variance = np.maximum(train["sum_squares"] / train["count"] - mean**2, 0.0)
@@ -305,19 +320,6 @@ def _split_is(row: dict, name: str) -> bool:
 
 def _no_problem(row: dict) -> bool:
     return row["problem"] == ""
-
-
-def row_buckets(features: np.ndarray, seed: int) -> np.ndarray:
-    """A number in [0, 1) per row from its content and the seed: the same row always lands in the
-    same split, whatever the order, the batching or the number of readers."""
-    flat = np.ascontiguousarray(features.reshape(len(features), -1), dtype=np.float32).view(np.uint32).astype(np.uint64)
-    weights = (np.arange(1, flat.shape[1] + 1, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)) | np.uint64(1)
-    with np.errstate(over="ignore"):
-        mixed = (flat * weights).sum(axis=1, dtype=np.uint64) ^ np.uint64(seed * 0x2545F4914F6CDD1D & (2**64 - 1))
-        mixed ^= mixed >> np.uint64(31)
-        mixed *= np.uint64(0xBF58476D1CE4E5B9)
-        mixed ^= mixed >> np.uint64(29)
-    return (mixed >> np.uint64(11)).astype(np.float64) / float(1 << 53)
 
 
 def _in_bucket(batch: dict, low: float, high: float, seed: int) -> dict:
@@ -364,12 +366,6 @@ def _batch_summary(batch: dict) -> dict:
         "shape": list(features.shape[1:]),
     }
     return {"summary": np.array([json.dumps(item)])}
-
-
-def _to_model_inputs(batch: dict, classes: list[str]) -> dict:
-    index = {name: i for i, name in enumerate(classes)}
-    return {"features": batch["features"].astype(np.float32, copy=False),
-            "label": np.array([index[v] for v in batch["label_raw"]], dtype=np.int32)}
 
 
 def _first_line(error: BaseException) -> str:
