@@ -25,7 +25,7 @@ name: two-workers
 seed: 3
 storage_path: {tmp_path / 'runs'}
 model: {{head: {{units: [32]}}}}
-train: {{epochs: 4, batch_size: 64, optimizer: adam}}
+train: {{epochs: 4, batch_size: 64, optimizer: adam, augment: {{rotation: 0.02, flip: none}}}}
 search:
   num_samples: 1
   scheduler: {{type: asha, grace_period: 2, reduction_factor: 3}}
@@ -54,3 +54,29 @@ resources: {{num_workers: 2, cpus_per_worker: 1}}
     leftover = [pg for pg in placement_group_table().values() if pg["state"] != "REMOVED"]
     assert leftover == []
     assert ray.available_resources().get("CPU", 0) == ray.cluster_resources()["CPU"]
+
+
+def test_streaming_data_is_sharded_by_ray_train_to_two_workers(ray_session, tmp_path):
+    """in_memory: false: Ray Data reads the Parquet file every epoch and Ray Train splits it."""
+    from conftest import REPO
+
+    job = load_job(write_job(tmp_path, f"""
+name: streaming
+seed: 1
+storage_path: {tmp_path / 'runs'}
+dataset: {{source: {REPO / 'data' / 'digits.parquet'}, in_memory: false}}
+model: {{base: builtin:mlp, head: {{units: [64]}}}}
+train: {{epochs: 2, batch_size: 64, learning_rate: 3.0e-3}}
+search: {{num_samples: 1, scheduler: none}}
+resources: {{num_workers: 2, cpus_per_worker: 0.5}}
+"""))
+    summary = run_job(job, out=io.StringIO())
+    assert summary["data_fingerprint"]["in_memory"] is False
+    rows = pq.read_table(os.path.join(summary["run_dir"], "metrics.parquet")).to_pylist()
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert all(r["replica_weight_spread"] == 0.0 for r in rows)
+    # Each worker trained on its half: the global count per epoch is the training split, less
+    # at most one row that the equal split leaves out.
+    trained = rows[-1]["samples_per_second"] * rows[-1]["train_seconds"]
+    assert abs(trained - summary["data_fingerprint"]["split_rows"]["train"]) <= 2
+    assert summary["test_metrics"]["accuracy"] > 0.8

@@ -43,6 +43,7 @@ def load_embedded(spec: DatasetSpec, seed: int) -> LoadedData:
     rows = stratified_rows(labels, spec.split.validation, spec.split.test, seed)
     splits = {name: Split(features[index], labels[index]) for name, index in rows.items()}
     mean, variance = feature_statistics(splits["train"].features)
+    fingerprint["split_rows"] = {name: len(split) for name, split in splits.items()}
     return LoadedData(splits["train"], splits["validation"], splits.get("test"), classes,
                       tuple(features.shape[1:]), mean, variance, fingerprint)
 

@@ -61,6 +61,7 @@ def load_files(spec: DatasetSpec, seed: int) -> LoadedData:
         else:
             dataset, columns = _open_table(found)
             image_column = spec.image_column
+        fingerprint[name]["schema"] = {column: str(kind) for column, kind in columns.items()}
         if conversion is None:
             conversion = _conversion(spec, columns, image_column, found, dataset, name)
         raw[name] = dataset
@@ -73,7 +74,10 @@ def load_files(spec: DatasetSpec, seed: int) -> LoadedData:
         data = _load_in_memory(spec, converted, conversion, seed, class_names)
     else:
         data = _load_streaming(spec, converted, conversion, seed, class_names, raw)
-    return replace(data, fingerprint={"in_memory": in_memory, "sources": fingerprint, **data.fingerprint})
+    split_rows = {name: len(split) for name, split in (("train", data.train), ("validation", data.validation),
+                                                        ("test", data.test)) if split is not None}
+    return replace(data, fingerprint={"in_memory": in_memory, "sources": fingerprint, "split_rows": split_rows,
+                                      "skipped_rows": data.skipped_rows})
 
 
 def _field(name: str) -> str:
