@@ -26,7 +26,7 @@ from pydantic import (
 from finetune import keras_names, search_space
 from finetune.errors import JobError, Problem
 
-EMBEDDED_DATASETS = ("digits", "breast_cancer", "wine", "iris")
+EMBEDDED_DATASETS = ("digits", "breast_cancer", "wine", "iris", "diabetes")
 BUILTIN_MODELS = ("small_cnn", "mlp")
 
 
@@ -96,6 +96,8 @@ class DatasetSpec(_Strict):
     image_size: Optional[tuple[Annotated[int, Field(gt=0)], Annotated[int, Field(gt=0)]]] = None
     channels: Optional[Literal[1, 3]] = None
     on_bad_image: Literal["error", "skip"] = "error"
+    classes: Optional[list[Union[str, int]]] = Field(
+        None, description="keep only rows with these labels (others are dropped), e.g. digits 0-4")
     rescale: Optional[Annotated[float, Field(gt=0)]] = None
     normalize: Union[Literal["auto"], bool] = Field("auto", description="auto: for builtin bases")
     in_memory: Union[Literal["auto"], bool] = Field("auto", description="auto: when the files are small")
@@ -149,18 +151,59 @@ class HeadSpec(_Strict):
     _check_activation = field_validator("activation")(classmethod(lambda cls, v: _activation(v)))
 
 
+class FreezeTop(_Strict):
+    top_trainable: int = Field(ge=0, description="layers with weights at the top of the base left trainable")
+
+
 class ModelSpec(_Strict):
+    """A base (feature extractor) and a new head. Bases:
+
+    - builtin:small_cnn, builtin:mlp: small models of our own, for tests and tabular data;
+    - keras:NAME: any Keras Applications model (keras:MobileNetV3Small, keras:ResNet50...), with
+      `weights: imagenet` (downloaded where the network allows), a local weights file, or none;
+    - path/to/model.keras or a URI: a Keras 3 model, loaded with safe_mode, cut at `cut_at`;
+    - registry:NAME@latest or registry:NAME@<run id>: the best model of an earlier run of NAME.
+    """
+
     base: str = "builtin:small_cnn"
+    weights: Optional[str] = Field(None, description="keras: bases: imagenet, none or a weights file (default imagenet)")
+    cut_at: Optional[str] = Field(None, description="file bases: the layer whose output the head takes (default: drop the last layer)")
+    task: Literal["classification", "regression"] = "classification"
+    freeze: Union[Literal["all", "none"], FreezeTop] = Field(
+        "none", description="phase 1: freeze the whole base, nothing, or all but its top layers")
+    filters: list[Annotated[int, Field(gt=0)]] = Field([32, 32, 64], description="builtin:small_cnn conv filters")
+    base_units: list[Annotated[int, Field(gt=0)]] = Field([64], description="builtin:mlp hidden layers")
     head: HeadSpec = HeadSpec()
 
     @field_validator("base")
     @classmethod
     def _known_base(cls, base: str) -> str:
-        kind, _, name = base.partition(":")
-        if kind == "builtin" and name in BUILTIN_MODELS:
+        kind, sep, name = base.partition(":")
+        if kind == "builtin" and sep:
+            if name in BUILTIN_MODELS:
+                return base
+            raise ValueError(f"expected a builtin base: {', '.join('builtin:' + n for n in BUILTIN_MODELS)}")
+        if kind == "keras" and sep:
+            if name in keras_names.APPLICATIONS:
+                return base
+            raise ValueError(keras_names.unknown_name_message("Applications model", name, keras_names.APPLICATIONS))
+        if kind == "registry" and sep:
+            if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*@[A-Za-z0-9_.-]+", name):
+                return base
+            raise ValueError("expected registry:NAME@latest or registry:NAME@<run id>")
+        if base.endswith(".keras"):
             return base
-        choices = ", ".join(f"builtin:{n}" for n in BUILTIN_MODELS)
-        raise ValueError(f"expected a model base: {choices}")
+        raise ValueError("expected builtin:small_cnn, builtin:mlp, keras:<Applications model>, "
+                         "registry:NAME@latest, or the path or URI of a .keras file")
+
+    @model_validator(mode="after")
+    def _fields_fit_the_base(self) -> "ModelSpec":
+        kind = self.base.partition(":")[0]
+        if self.weights is not None and kind != "keras":
+            raise ValueError("expected model.weights only with a keras: base (the others carry their weights)")
+        if self.cut_at is not None and kind in ("builtin", "keras"):
+            raise ValueError("expected model.cut_at only with a model file or registry base")
+        return self
 
 
 # --- training ------------------------------------------------------------------------------------
@@ -185,14 +228,42 @@ class AugmentSpec(_Strict):
         )
 
 
+class FineTuneSpec(_Strict):
+    """Phase 2 of fine-tuning: after `after_epoch`, unfreeze the top of the base and go on at a
+    lower learning rate (BatchNorm layers stay frozen and in inference mode)."""
+
+    after_epoch: int = Field(ge=1)
+    unfreeze_top: Union[Literal["all"], Annotated[int, Field(ge=1)]] = Field(
+        "all", description="layers with weights at the top of the base to unfreeze")
+    learning_rate_scale: float = Field(0.1, gt=0, le=1)
+
+
+SCHEDULES = ("constant", "cosine", "exponential", "step")
+REGRESSION_LOSSES = ("mean_squared_error", "mse", "mean_absolute_error", "mae", "huber", "log_cosh",
+                     "mean_squared_logarithmic_error", "msle", "mean_absolute_percentage_error", "mape")
+REGRESSION_METRICS = ("mean_absolute_error", "mae", "mean_squared_error", "mse", "mean_absolute_percentage_error",
+                      "mape", "mean_squared_logarithmic_error", "msle")
+
+
 class TrainSpec(_Strict):
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(64, ge=1, description="global batch, divided among the workers")
     optimizer: str = "adam"
+    optimizer_args: dict[str, Any] = Field({}, description="the optimizer's own arguments, e.g. momentum")
     learning_rate: float = Field(1e-3, gt=0)
+    learning_rate_schedule: Literal["constant", "cosine", "exponential", "step"] = "constant"
+    warmup_epochs: int = Field(0, ge=0, description="epochs of linear warm-up from learning_rate / (warmup_epochs + 1)")
+    decay_rate: float = Field(0.9, gt=0, le=1, description="exponential: factor per epoch; step: factor per step")
+    step_epochs: int = Field(5, ge=1, description="step: epochs between drops")
+    weight_decay: float = Field(0.0, ge=0)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    clipnorm: Optional[float] = Field(None, gt=0)
+    mixed_precision: bool = False
+    jit_compile: bool = False
     loss: str = "sparse_categorical_crossentropy"
     metrics: list[str] = ["accuracy"]
     augment: AugmentSpec = AugmentSpec()
+    fine_tune: Optional[FineTuneSpec] = None
 
     @field_validator("optimizer")
     @classmethod
@@ -200,6 +271,16 @@ class TrainSpec(_Strict):
         if name.lower() not in keras_names.OPTIMIZERS:
             raise ValueError(keras_names.unknown_name_message("optimizer", name, keras_names.OPTIMIZERS))
         return name.lower()
+
+    @field_validator("optimizer_args")
+    @classmethod
+    def _own_arguments(cls, arguments: dict) -> dict:
+        taken = {"learning_rate": "train.learning_rate", "weight_decay": "train.weight_decay",
+                 "clipnorm": "train.clipnorm"}
+        for name in arguments:
+            if name in taken:
+                raise ValueError(f"expected {taken[name]} rather than optimizer_args.{name}")
+        return arguments
 
     @field_validator("loss")
     @classmethod
@@ -455,6 +536,32 @@ def _cross_field_problems(job: Job) -> list[Problem]:
             "resources.executor", "in_trial",
             f"expected ray_train or auto with num_workers {job.resources.num_workers}: in_trial runs one worker",
         ))
+    fine_tune = job.train.fine_tune
+    if fine_tune is not None and fine_tune.after_epoch >= job.train.epochs:
+        problems.append(Problem("train.fine_tune.after_epoch", fine_tune.after_epoch,
+                                f"expected fewer than train.epochs ({job.train.epochs}), so phase 2 has epochs"))
+    if fine_tune is not None and job.model.freeze == "none":
+        problems.append(Problem("train.fine_tune", "phase 2 with model.freeze: none",
+                                "expected model.freeze: all or {top_trainable: K}: phase 2 unfreezes what phase 1 froze"))
+    if job.train.warmup_epochs >= job.train.epochs:
+        problems.append(Problem("train.warmup_epochs", job.train.warmup_epochs,
+                                f"expected fewer than train.epochs ({job.train.epochs})"))
+    for flag in ("mixed_precision", "jit_compile"):
+        if getattr(job.train, flag) and not job.resources.use_gpu:
+            problems.append(Problem(f"train.{flag}", True, (
+                "expected resources.use_gpu: true; on CPUs float16 math is emulated and XLA compilation of "
+                "these small steps costs more than it saves, so the run would only be slower")))
+    if job.model.task == "regression":
+        if job.train.loss not in REGRESSION_LOSSES:
+            problems.append(Problem("train.loss", job.train.loss,
+                                    f"expected a regression loss with model.task regression: {', '.join(REGRESSION_LOSSES)}"))
+        wrong = [m for m in job.train.metrics if m not in REGRESSION_METRICS]
+        if wrong:
+            problems.append(Problem("train.metrics", wrong,
+                                    f"expected regression metrics with model.task regression: {', '.join(REGRESSION_METRICS)}"))
+    elif job.train.loss in REGRESSION_LOSSES:
+        problems.append(Problem("train.loss", job.train.loss,
+                                "expected a classification loss; for a numeric target set model.task: regression"))
     if job.train.batch_size < job.resources.num_workers:
         problems.append(Problem(
             "train.batch_size", job.train.batch_size,
@@ -477,6 +584,9 @@ def _space_problems(raw: dict) -> list[Problem]:
         except ValueError as error:
             problems.append(Problem(where, spec, str(error)))
             continue
+        for other, _ in domain.when:
+            if other not in space and _field_exists(other):
+                problems.append(Problem(f"{where}.when", other, f"expected a search-space entry or a field: {_field_exists(other)}"))
         field_problem = _field_exists(dotted)
         if field_problem:
             problems.append(Problem(where, dotted, field_problem))
@@ -491,6 +601,11 @@ def _space_problems(raw: dict) -> list[Problem]:
                     if problem.path == dotted or problem.path.startswith(dotted + "."):
                         problems.append(Problem(where, value, problem.expected))
                         break
+    try:
+        for dotted, what in search_space.check_conditions(space):
+            problems.append(Problem(f"search.space.{dotted}.when", space[dotted].get("when"), what))
+    except ValueError:
+        pass  # malformed entries are reported above
     return problems
 
 

@@ -48,8 +48,21 @@ METRICS = (
 )
 
 
+# keras.applications.NAME builds each of these (include_top=False for a base).
+APPLICATIONS = (
+    "ConvNeXtBase", "ConvNeXtLarge", "ConvNeXtSmall", "ConvNeXtTiny", "ConvNeXtXLarge", "DenseNet121",
+    "DenseNet169", "DenseNet201", "EfficientNetB0", "EfficientNetB1", "EfficientNetB2", "EfficientNetB3",
+    "EfficientNetB4", "EfficientNetB5", "EfficientNetB6", "EfficientNetB7", "EfficientNetV2B0",
+    "EfficientNetV2B1", "EfficientNetV2B2", "EfficientNetV2B3", "EfficientNetV2L", "EfficientNetV2M",
+    "EfficientNetV2S", "InceptionResNetV2", "InceptionV3", "MobileNet", "MobileNetV2", "MobileNetV3Large",
+    "MobileNetV3Small", "NASNetLarge", "NASNetMobile", "ResNet101", "ResNet101V2", "ResNet152",
+    "ResNet152V2", "ResNet50", "ResNet50V2", "VGG16", "VGG19", "Xception",
+)
+
+
 def unknown_name_message(kind: str, name: object, known: tuple[str, ...]) -> str:
     """'expected a Keras optimizer name; did you mean adam? Known: ...'"""
-    close = difflib.get_close_matches(str(name).lower(), known, n=3, cutoff=0.6)
+    lowered = {k.lower(): k for k in known}
+    close = [lowered[c] for c in difflib.get_close_matches(str(name).lower(), list(lowered), n=3, cutoff=0.6)]
     hint = f"did you mean {' or '.join(close)}? " if close else ""
     return f"expected a Keras {kind} name; {hint}known: {', '.join(sorted(known))}"

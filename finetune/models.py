@@ -1,45 +1,87 @@
-"""Model building: a base (a feature extractor) plus a new head sized to the data.
+"""Model building: input preprocessing, a base (feature extractor), a new head, an output layer
+sized to the data, and the freezing that fine-tuning needs.
 
-Imports Keras, so only the training loop and the driver's pre-flight and test evaluation import it.
+Bases are built-in models, Keras Applications, or trained Keras models from a file, a URI or an
+earlier run. Everything in a built model is a standard Keras layer, so the saved `.keras` file
+loads with `keras.models.load_model` (safe_mode on) and no code of ours.
+
+Imports Keras: only the training loop and the driver's pre-flight and test evaluation import it.
 """
 
 from __future__ import annotations
 
-import keras
+import os
+import sys
+import tempfile
 
+import keras
+import numpy as np
+
+from finetune import storage
 from finetune.data import LoadedData
 from finetune.errors import UserError
-from finetune.job import AugmentSpec, HeadSpec, Job
+from finetune.job import AugmentSpec, HeadSpec, Job, ModelSpec
+from finetune.optimization import BINARY_LOSSES
 
-# Losses that expect one sigmoid output per example (binary classification).
-BINARY_LOSSES = ("binary_crossentropy", "bce", "binary_focal_crossentropy", "hinge", "squared_hinge")
+BASE_LAYER = "base"  # the name of the base sub-model inside a built model
+
+# How each Keras Applications family expects its input (keras.applications.<module>.preprocess_input),
+# rebuilt from standard layers: "tf" scales to [-1, 1]; "torch" scales to [0, 1] and standardises
+# with ImageNet statistics; "caffe" turns RGB into BGR and subtracts the ImageNet mean; "included"
+# models carry their own preprocessing.
+PREPROCESSING = {
+    "convnext": "included", "efficientnet": "included", "efficientnet_v2": "included", "mobilenet_v3": "included",
+    "mobilenet": "tf", "mobilenet_v2": "tf", "inception_v3": "tf", "inception_resnet_v2": "tf",
+    "xception": "tf", "nasnet": "tf", "resnet_v2": "tf",
+    "densenet": "torch",
+    "resnet": "caffe", "vgg16": "caffe", "vgg19": "caffe",
+}
+IMAGENET_MEAN_RGB = np.array([123.68, 116.779, 103.939], dtype=np.float32)
+IMAGENET_TORCH_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+IMAGENET_TORCH_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 
 
 def create_model(job: Job, data: LoadedData) -> keras.Model:
-    """Input preprocessing, base, head, and the output layer that the data and the loss call for.
-
-    Preprocessing lives inside the model, so the saved model takes raw inputs: `dataset.rescale`,
-    then standardisation with the training split's statistics (`dataset.normalize`), then, for
-    images, the random augmentation of `train.augment` (active in training only).
-    """
-    spec, loss = job.model, job.train.loss
+    """Preprocessing, base, head and output; the base frozen as `model.freeze` says (phase 1)."""
+    spec = job.model
     inputs = keras.Input(shape=data.input_shape, name="features")
     x = create_preprocessing(job, data, inputs)
-    features = create_base(spec.base, x, data.input_shape)
+    base = create_base(spec, data.input_shape, x.shape[1:], job.storage_path)
+    # A trained base runs in inference mode, so its BatchNorm statistics stay as trained even
+    # after it is unfrozen (Keras' transfer-learning guide).
+    features = base(x, training=False) if is_pretrained(spec) else base(x)
     hidden = create_head(spec.head, features)
+    outputs = create_output(job, data, hidden)
+    model = keras.Model(inputs, outputs, name=f"finetune_{spec.base.partition(':')[2] or 'model'}"[:60]
+                        .replace("/", "_").replace(".", "_").replace("@", "_"))
+    freeze_base(model, spec.freeze)
+    return model
+
+
+def is_pretrained(spec: ModelSpec) -> bool:
+    return not spec.base.startswith("builtin:")
+
+
+def create_output(job: Job, data: LoadedData, hidden) -> keras.KerasTensor:
+    loss = job.train.loss
+    # float32 outputs keep the loss numerically sound under mixed precision.
+    if job.model.task == "regression":
+        return keras.layers.Dense(1, name="output", dtype="float32")(hidden)
     if loss in BINARY_LOSSES:
         if data.num_classes != 2:
-            raise UserError(
-                f"train.loss: {loss!r} is for two classes; the data has {data.num_classes}. "
-                "Use sparse_categorical_crossentropy for more classes."
-            )
-        outputs = keras.layers.Dense(1, activation="sigmoid", name="output")(hidden)
-    else:
-        outputs = keras.layers.Dense(data.num_classes, activation="softmax", name="output")(hidden)
-    return keras.Model(inputs, outputs, name=spec.base.replace(":", "_"))
+            raise UserError(f"train.loss: {loss!r} is for two classes; the data has {data.num_classes}. "
+                            "Use sparse_categorical_crossentropy for more classes.")
+        return keras.layers.Dense(1, activation="sigmoid", name="output", dtype="float32")(hidden)
+    return keras.layers.Dense(data.num_classes, activation="softmax", name="output", dtype="float32")(hidden)
+
+
+# --- preprocessing -------------------------------------------------------------------------------
 
 
 def create_preprocessing(job: Job, data: LoadedData, inputs) -> keras.KerasTensor:
+    """Preprocessing lives inside the model, so the saved model takes raw inputs: `dataset.rescale`,
+    standardisation with the training split's statistics (`dataset.normalize`; by default for
+    built-in bases), then, for images, the random augmentation of `train.augment` (training only)."""
     x = inputs
     dataset, augment = job.dataset, job.train.augment
     if dataset.rescale is not None:
@@ -77,32 +119,163 @@ def create_augmentation(augment: AugmentSpec) -> keras.Sequential:
     return keras.Sequential(layers, name="augment")
 
 
-def create_base(base: str, x, input_shape: tuple[int, ...]) -> keras.KerasTensor:
-    kind, _, name = base.partition(":")
-    rank = len(input_shape)
+# --- bases ---------------------------------------------------------------------------------------
+
+
+def create_base(spec: ModelSpec, data_shape: tuple, input_shape: tuple, storage_path: str) -> keras.Model:
+    """The base as a sub-model named `base`, taking the preprocessed input."""
+    kind, _, name = spec.base.partition(":")
+    if kind == "builtin":
+        return builtin_base(name, spec, tuple(input_shape))
+    if kind == "keras":
+        return application_base(name, spec.weights, tuple(data_shape))
+    return file_base(spec, tuple(data_shape), storage_path)
+
+
+def builtin_base(name: str, spec: ModelSpec, input_shape: tuple) -> keras.Model:
+    inputs = keras.Input(shape=input_shape)
     if name == "small_cnn":
-        if rank != 3:
-            raise UserError(
-                f"model.base: builtin:small_cnn needs images (height, width, channels); the data has "
-                f"shape {tuple(input_shape)}. Use builtin:mlp for tabular data."
-            )
-        x = keras.layers.Conv2D(32, 3, padding="same", activation="relu", name="conv1")(x)
-        x = keras.layers.Conv2D(32, 3, padding="same", activation="relu", name="conv2")(x)
-        x = keras.layers.MaxPooling2D(2, name="pool1")(x)
-        return keras.layers.Conv2D(64, 3, padding="same", activation="relu", name="conv3")(x)
-    if name == "mlp":
-        x = keras.layers.Flatten(name="flatten_input")(x) if rank > 1 else x
-        return keras.layers.Dense(64, activation="relu", name="base_dense")(x)
-    raise UserError(f"model.base: unknown base {base!r}")
+        if len(input_shape) != 3:
+            raise UserError(f"model.base: builtin:small_cnn needs images (height, width, channels); the data has "
+                            f"shape {input_shape}. Use builtin:mlp for tabular data.")
+        x = inputs
+        for i, filters in enumerate(spec.filters):
+            x = keras.layers.Conv2D(filters, 3, padding="same", activation="relu", name=f"conv{i + 1}")(x)
+            if i == len(spec.filters) - 2 and min(x.shape[1:3]) >= 4:
+                x = keras.layers.MaxPooling2D(2, name="pool")(x)
+        return keras.Model(inputs, x, name=BASE_LAYER)
+    x = keras.layers.Flatten(name="flatten_input")(inputs) if len(input_shape) > 1 else inputs
+    for i, units in enumerate(spec.base_units):
+        x = keras.layers.Dense(units, activation="relu", name=f"dense{i + 1}")(x)
+    return keras.Model(inputs, x, name=BASE_LAYER)
+
+
+def application_base(name: str, weights: str | None, data_shape: tuple) -> keras.Model:
+    """A Keras Applications model without its top, wrapped with the preprocessing it expects.
+    Grey images are repeated to three channels."""
+    if len(data_shape) != 3:
+        raise UserError(f"model.base: keras:{name} needs images (height, width, channels); the data has "
+                        f"shape {data_shape}.")
+    constructor = getattr(keras.applications, name)
+    weights = resolve_weights(name, weights)
+    inputs = keras.Input(shape=data_shape)
+    x = inputs
+    if data_shape[-1] == 1:
+        x = keras.layers.Concatenate(name="grey_to_rgb")([x, x, x])
+    elif data_shape[-1] != 3:
+        raise UserError(f"model.base: keras:{name} needs 1 or 3 channels; the data has {data_shape[-1]}.")
+    x = application_preprocessing(name, x)
+    try:
+        network = constructor(include_top=False, weights=weights, input_shape=(*data_shape[:2], 3))
+    except ValueError as error:
+        raise UserError(f"model.base: keras:{name} does not accept images of shape {data_shape}: "
+                        f"{str(error).splitlines()[0]} Set dataset.image_size to a size it takes.") from None
+    except Exception as error:  # a failed download raises URLError, HTTPError, or Exception("URL fetch failure")
+        raise UserError(f"model.weights: could not get the {weights} weights of keras:{name}: "
+                        f"{str(error).splitlines()[0]}. Without network access use weights: none, or a local "
+                        f"weights file (weights: path/to/file.weights.h5).") from None
+    return keras.Model(inputs, network(x), name=BASE_LAYER)
+
+
+def resolve_weights(name: str, weights: str | None) -> str | None:
+    """imagenet (default), none, or a weights file: a path or URI, fetched to a local file."""
+    if weights is None or weights == "imagenet":
+        return "imagenet"
+    if weights == "none":
+        return None
+    if not storage.exists(weights):
+        raise UserError(f"model.weights: no weights file at {weights!r} for keras:{name}. "
+                        "Expected imagenet, none, or the path or URI of a weights file.")
+    if storage.is_local(weights) and "://" not in weights:
+        return os.path.abspath(weights)
+    local = os.path.join(tempfile.mkdtemp(prefix="finetune-weights-"), os.path.basename(weights))
+    return storage.fetch_to_local(weights, local)
+
+
+def application_preprocessing(name: str, x) -> keras.KerasTensor:
+    module = sys.modules[getattr(keras.applications, name).__module__].__name__.rpartition(".")[2]
+    mode = PREPROCESSING.get(module, "included")
+    if mode == "tf":
+        return keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="preprocess_tf")(x)
+    if mode == "torch":
+        x = keras.layers.Rescaling(1 / 255.0, name="preprocess_scale")(x)
+        return keras.layers.Normalization(mean=IMAGENET_TORCH_MEAN, variance=IMAGENET_TORCH_STD**2,
+                                          name="preprocess_torch")(x)
+    if mode == "caffe":
+        # RGB -> BGR and minus the mean, as one fixed 1x1 convolution.
+        flip = keras.layers.Conv2D(3, 1, name="preprocess_caffe", trainable=False)
+        y = flip(x)
+        flip.set_weights([np.eye(3, dtype=np.float32)[::-1].reshape(1, 1, 3, 3), -IMAGENET_MEAN_RGB[::-1].copy()])
+        return y
+    return x
+
+
+def file_base(spec: ModelSpec, data_shape: tuple, storage_path: str) -> keras.Model:
+    """A trained Keras 3 model from a file, URI or earlier run, cut at `cut_at` (default: all but
+    its last layer)."""
+    location = resolve_model_location(spec.base, storage_path)
+    trained = load_model_file(location, "model.base")
+    names = [layer.name for layer in trained.layers]
+    if spec.cut_at is not None and spec.cut_at not in names:
+        raise UserError(f"model.cut_at: no layer {spec.cut_at!r} in {spec.base}; its layers are: {', '.join(names)}.")
+    cut = trained.get_layer(spec.cut_at) if spec.cut_at else trained.layers[-2]
+    output = output_in_model(cut)
+    expected = tuple(trained.inputs[0].shape[1:])
+    if len(expected) != len(data_shape) or any(e is not None and e != d for e, d in zip(expected, data_shape)):
+        raise UserError(f"model.base: {spec.base} takes inputs of shape {expected}, but the data has shape "
+                        f"{data_shape}. Set dataset.image_size / dataset.channels to match, or use another base.")
+    return keras.Model(trained.inputs, output, name=BASE_LAYER)
+
+
+def output_in_model(layer) -> keras.KerasTensor:
+    """A layer's output where the model calls it. For a nested model (a sub-model such as a saved
+    model's `base`), `.output` is the sub-model's own graph; its call in the outer model is its
+    last inbound node (Keras exposes no public accessor for it)."""
+    if isinstance(layer, keras.Model) and layer._inbound_nodes:
+        outputs = layer._inbound_nodes[-1].outputs
+        return outputs[0] if isinstance(outputs, (list, tuple)) else outputs
+    return layer.output
+
+
+def load_model_file(location: str, field: str) -> keras.Model:
+    if not storage.exists(location):
+        raise UserError(f"{field}: no model file at {location!r}. Expected the path or URI of a .keras file.")
+    with tempfile.TemporaryDirectory(prefix="finetune-model-") as directory:
+        local = storage.fetch_to_local(location, os.path.join(directory, "model.keras"))
+        try:
+            return keras.models.load_model(local, compile=False, safe_mode=True)
+        except ValueError as error:
+            text = str(error)
+            if "safe_mode" in text or "unsafe" in text.lower() or "Lambda" in text:
+                raise UserError(f"{field}: {location} asks for unsafe deserialisation (a Lambda layer or "
+                                f"arbitrary code), which this runner refuses: {text.splitlines()[0]}") from None
+            raise UserError(f"{field}: {location} is not a Keras 3 model file: {text.splitlines()[0]}") from None
+        except Exception as error:  # zipfile.BadZipFile, KeyError, OSError for a file that is not a .keras archive
+            raise UserError(f"{field}: {location} is not a Keras 3 model file (.keras): "
+                            f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}") from None
+
+
+def resolve_model_location(base: str, storage_path: str) -> str:
+    """registry:NAME@latest or registry:NAME@<run id> -> that run's model file; a path stays."""
+    if not base.startswith("registry:"):
+        return base
+    from finetune.registry import resolve
+
+    return resolve(base, storage_path)
+
+
+# --- head and freezing ---------------------------------------------------------------------------
 
 
 def create_head(spec: HeadSpec, features) -> keras.KerasTensor:
-    """Pooling (for feature maps), then dense blocks of units, activation and dropout."""
+    """Pooling (for feature maps), then dense blocks of units, batch norm, activation and dropout."""
     x = features
     if len(x.shape) == 4:
         pool = {"avg": keras.layers.GlobalAveragePooling2D, "max": keras.layers.GlobalMaxPooling2D,
                 "flatten": keras.layers.Flatten}[spec.pooling]
         x = pool(name=f"head_{spec.pooling}_pool")(x)
+    elif len(x.shape) > 2:
+        x = keras.layers.Flatten(name="head_flatten")(x)
     for i, units in enumerate(spec.units):
         x = keras.layers.Dense(units, name=f"head_dense{i}")(x)
         if spec.batch_norm:
@@ -111,3 +284,42 @@ def create_head(spec: HeadSpec, features) -> keras.KerasTensor:
         if spec.dropout > 0:
             x = keras.layers.Dropout(spec.dropout, name=f"head_dropout{i}")(x)
     return x
+
+
+def base_layers_with_weights(model: keras.Model) -> list[keras.layers.Layer]:
+    """The base's layers that hold weights, bottom to top, nested models flattened."""
+    found = []
+
+    def walk(layer):
+        if isinstance(layer, keras.Model) or hasattr(layer, "layers") and layer.layers:
+            for inner in layer.layers:
+                walk(inner)
+        elif layer.weights:
+            found.append(layer)
+
+    walk(model.get_layer(BASE_LAYER))
+    return found
+
+
+def freeze_base(model: keras.Model, freeze, unfreeze_top: int | str | None = None) -> None:
+    """Phase 1 (`model.freeze`): all, none, or all but the top K layers with weights. Phase 2
+    (`unfreeze_top`): the top K (or all) unfrozen. BatchNorm layers stay frozen throughout."""
+    layers = base_layers_with_weights(model)
+    if unfreeze_top is not None:
+        keep = len(layers) if unfreeze_top == "all" else int(unfreeze_top)
+        chosen = layers[len(layers) - keep:] if keep else []
+        for layer in chosen:
+            layer.trainable = True
+    elif freeze != "none":
+        top = 0 if freeze == "all" else freeze.top_trainable
+        for i, layer in enumerate(layers):
+            layer.trainable = i >= len(layers) - top if top else False
+    for layer in layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.trainable = False
+
+
+def parameter_counts(model: keras.Model) -> dict[str, int]:
+    trainable = int(sum(np.prod(w.shape) for w in model.trainable_weights))
+    total = int(sum(np.prod(w.shape) for w in model.weights))
+    return {"trainable_params": trainable, "frozen_params": total - trainable}

@@ -39,7 +39,7 @@ def run_job(job: Job, address: str | None = None, verbose: bool = False, out=Non
 
     import_tensorflow_quietly()
     capacity = ray_cluster.connect(address, verbose=verbose)  # file sources are read by Ray Data
-    data = load_data(job.dataset, job.seed)
+    data = load_data(job.dataset, job.seed, job.model.task)
     check_fits_workers(data, job.resources.num_workers)
     preflight(job, data)
     num_trials = count_trials(job.search)
@@ -176,17 +176,17 @@ def evaluate_on_test(model_path: str, data: LoadedData, job: Job) -> dict:
     """The best model, loaded as any Keras user would load it, scored on the held-out test split."""
     import keras
 
-    from finetune.train_loop import label_encoding
+    from finetune.optimization import label_encoding
 
     with tempfile.TemporaryDirectory() as directory:
         local = storage.fetch_to_local(model_path, os.path.join(directory, MODEL_FILE))
         model = keras.models.load_model(local)
-    encoding = label_encoding(job.train.loss)
+    encoding = label_encoding(job.train.loss, job.model.task)
 
     def encode(labels):
         if encoding == "one_hot":
             return keras.utils.to_categorical(labels, data.num_classes)
-        if encoding == "binary":
+        if encoding in ("binary", "value"):
             return labels.reshape(-1, 1).astype("float32")
         return labels
 
@@ -201,7 +201,7 @@ def evaluate_on_test(model_path: str, data: LoadedData, job: Job) -> dict:
                 yield batch["features"], encode(batch["label"])
 
         label_spec = tf.TensorSpec(
-            (None, data.num_classes) if encoding == "one_hot" else (None, 1) if encoding == "binary" else (None,),
+            (None, data.num_classes) if encoding == "one_hot" else (None, 1) if encoding in ("binary", "value") else (None,),
             tf.int32 if encoding == "sparse" else tf.float32)
         test = tf.data.Dataset.from_generator(batches, output_signature=(
             tf.TensorSpec((None, *data.input_shape), tf.float32), label_spec))

@@ -139,7 +139,7 @@ def create_tuner(job: Job, run_dir: str, data: DataHandle, concurrency: int, cal
     return tune.Tuner(
         trainable,
         param_space={
-            "space": to_tune_space(job.search.space),
+            "space": to_tune_space(job.search.space, fixed=job.model_dump(mode="json")),
             # Every trial's seed, drawn by the seeded search: the experiment seed fixes them all.
             "seed": tune.randint(0, 2**31 - 1),
         },
@@ -174,7 +174,8 @@ def create_tuner(job: Job, run_dir: str, data: DataHandle, concurrency: int, cal
 def trial_job(job_dict: dict, sampled: dict[str, Any]) -> Job:
     """The job with one trial's sampled values in place."""
     for dotted, value in sampled.items():
-        job_dict = set_path(job_dict, dotted, value)
+        if value is not None:  # None: a conditional entry whose condition this trial does not meet
+            job_dict = set_path(job_dict, dotted, value)
     job_dict["search"]["space"] = {}
     return validate_job_dict(job_dict, source="trial configuration")
 

@@ -9,6 +9,12 @@ An entry maps a dotted field path to a domain:
 
 Domains: choice, grid, uniform, loguniform, randint (both ends included), quniform. Parsing needs no
 Ray; `to_tune` imports Ray Tune only when a search actually starts.
+
+An entry may depend on others with `when`; it is sampled only in trials that meet the condition,
+and absent (the field keeps its value) in the others:
+
+    train.optimizer: {choice: [adam, sgd]}
+    train.optimizer_args.momentum: {uniform: [0.5, 0.99], when: {train.optimizer: sgd}}
 """
 
 from __future__ import annotations
@@ -24,6 +30,22 @@ DOMAIN_KINDS = ("choice", "grid", "uniform", "loguniform", "randint", "quniform"
 class Domain:
     kind: str  # one of DOMAIN_KINDS, or "fixed"
     args: tuple
+    when: tuple = ()  # ((path, (allowed values...)), ...): sampled only when every path holds one
+
+    def sample(self, rng):
+        """A value drawn with a numpy Generator (for conditional entries, drawn per trial)."""
+        if self.kind in ("choice", "grid"):
+            return self.args[0][int(rng.integers(len(self.args[0])))]
+        if self.kind == "uniform":
+            return float(rng.uniform(*self.args))
+        if self.kind == "loguniform":
+            return float(math.exp(rng.uniform(math.log(self.args[0]), math.log(self.args[1]))))
+        if self.kind == "randint":
+            return int(rng.integers(self.args[0], self.args[1] + 1))
+        if self.kind == "quniform":
+            low, high, step = self.args
+            return float(round(rng.uniform(low, high) / step) * step)
+        return self.args[0]
 
     def values_to_check(self) -> list[Any]:
         """Values worth validating against the field: every option, or both ends of a range."""
@@ -57,6 +79,17 @@ class Domain:
 
 def parse_domain(spec: Any) -> Domain:
     """A Domain from a job's entry, or ValueError saying what was expected."""
+    if isinstance(spec, dict) and "when" in spec:
+        rest = {k: v for k, v in spec.items() if k != "when"}
+        domain = parse_domain(rest)
+        if domain.kind in ("fixed", "grid"):
+            raise ValueError("expected `when` beside one of choice, uniform, loguniform, randint, quniform "
+                             "(a grid cannot depend on other entries)")
+        condition = spec["when"]
+        if not (isinstance(condition, dict) and condition):
+            raise ValueError("expected when: {field.path: value or [values], ...}")
+        when = tuple((path, tuple(v) if isinstance(v, list) else (v,)) for path, v in condition.items())
+        return Domain(domain.kind, domain.args, when)
     if not (isinstance(spec, dict) and len(spec) == 1 and next(iter(spec)) in DOMAIN_KINDS):
         if isinstance(spec, dict) and any(key in DOMAIN_KINDS for key in spec):
             raise ValueError(f"expected exactly one domain key, one of: {', '.join(DOMAIN_KINDS)}")
@@ -86,9 +119,70 @@ def parse_space(space: dict[str, Any]) -> dict[str, Domain]:
     return {path: parse_domain(spec) for path, spec in space.items()}
 
 
-def to_tune_space(space: dict[str, Any]) -> dict[str, Any]:
-    """`search.space` as a Tune `param_space` fragment, keyed by the same dotted paths."""
-    return {path: domain.to_tune() for path, domain in parse_space(space).items()}
+def to_tune_space(space: dict[str, Any], fixed: dict | None = None) -> dict[str, Any]:
+    """`search.space` as a Tune `param_space` fragment, keyed by the same dotted paths.
+
+    fixed: the job as a dict, for conditions on fields that the search does not vary."""
+    domains = parse_space(space)
+    result = {}
+    for path, domain in domains.items():
+        if domain.when:
+            result[path] = _conditional(path, domain, domains, fixed or {})
+        else:
+            result[path] = domain.to_tune()
+    return result
+
+
+def check_conditions(space: dict[str, Any]) -> list[tuple[str, str]]:
+    """(path, what is wrong) for conditions that name a conditional entry (not supported: the order
+    of sampling would decide) or ask for a value the entry can never take."""
+    domains = {path: parse_domain(spec) for path, spec in space.items()}
+    problems = []
+    for path, domain in domains.items():
+        for other, values in domain.when:
+            if other == path:
+                problems.append((path, "expected a condition on another entry, not on itself"))
+            elif other in domains and domains[other].when:
+                problems.append((path, f"expected a condition on an unconditional entry; {other} has its own `when`"))
+            elif other in domains and domains[other].kind in ("choice", "grid"):
+                options = domains[other].args[0]
+                if not any(v in options for v in values):
+                    problems.append((path, f"expected `when` values among {other}'s options {list(options)}"))
+    return problems
+
+
+def _conditional(path: str, domain: Domain, domains: dict[str, Domain], fixed: dict):
+    from ray import tune
+
+    return tune.sample_from(ConditionalSample(path, domain, fixed))
+
+
+class ConditionalSample:
+    """Tune's sample_from function for an entry with `when`: draws from the entry's domain with a
+    generator seeded by the trial's seed and the path, so the experiment seed fixes it; None (the
+    field keeps its value) in trials that do not meet the condition."""
+
+    def __init__(self, path: str, domain: Domain, fixed: dict):
+        self.path, self.domain, self.fixed = path, domain, fixed
+
+    def __call__(self, spec) -> Any:
+        import numpy as np
+
+        config = spec.config
+        sampled = config["space"]
+        for other, allowed in self.domain.when:
+            value = sampled[other] if other in sampled else _lookup(self.fixed, other)
+            if value not in allowed:
+                return None
+        path_key = int.from_bytes(self.path.encode()[:8].ljust(8, b"_"), "little")
+        return self.domain.sample(np.random.default_rng([int(config["seed"]), path_key]))
+
+
+def _lookup(data: dict, dotted: str) -> Any:
+    node: Any = data
+    for key in dotted.split("."):
+        node = node.get(key) if isinstance(node, dict) else None
+    return node
 
 
 def _is_number(value: Any) -> bool:

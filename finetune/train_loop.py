@@ -19,7 +19,6 @@ import math
 import os
 import tempfile
 import time
-from typing import Callable
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -29,15 +28,19 @@ from finetune import storage  # noqa: E402
 from finetune.data import LoadedData  # noqa: E402
 from finetune.data.feed import Batches, worker_batches  # noqa: E402
 from finetune.errors import NonFiniteLossError, UserError  # noqa: E402
-from finetune.job import Job, TrainSpec  # noqa: E402
+from finetune.job import Job  # noqa: E402
+from finetune.optimization import (  # noqa: E402
+    create_loss,
+    create_optimizer,
+    label_encoding,
+    learning_rate_at,
+    per_example_metric,
+)
 
 MODEL_FILE = "model.keras"
 STATE_FILE = "state.json"
 FAILURE_FILE = "failure.json"
 
-# Losses whose labels are one-hot vectors, or a single 0/1 value; every other loss takes class indices.
-ONE_HOT_LOSSES = ("categorical_crossentropy", "categorical_focal_crossentropy", "categorical_hinge",
-                  "kl_divergence", "kld")
 
 
 # --- where the loop runs -------------------------------------------------------------------------
@@ -161,48 +164,6 @@ def create_strategy(world_size: int):
     return tf.distribute.get_strategy()
 
 
-def create_optimizer(train: TrainSpec):
-    import keras
-
-    return keras.optimizers.deserialize(
-        {"class_name": train.optimizer, "config": {"learning_rate": train.learning_rate}}
-    )
-
-
-def label_encoding(loss: str) -> str:
-    from finetune.models import BINARY_LOSSES
-
-    if loss in BINARY_LOSSES:
-        return "binary"
-    if loss in ONE_HOT_LOSSES:
-        return "one_hot"
-    return "sparse"
-
-
-def per_example_metric(name: str, loss: str) -> Callable:
-    """The per-example function behind a metric name; its mean over examples is the metric."""
-    import keras
-
-    encoding = label_encoding(loss)
-    if name == "accuracy":
-        name = {"binary": "binary_accuracy", "one_hot": "categorical_accuracy",
-                "sparse": "sparse_categorical_accuracy"}[encoding]
-    needs = {"sparse_categorical_accuracy": "sparse", "sparse_top_k_categorical_accuracy": "sparse",
-             "sparse_categorical_crossentropy": "sparse", "categorical_accuracy": "one_hot",
-             "top_k_categorical_accuracy": "one_hot", "categorical_crossentropy": "one_hot",
-             "binary_accuracy": "binary", "binary_crossentropy": "binary"}.get(name)
-    if needs and needs != encoding:
-        raise UserError(
-            f"train.metrics: {name!r} needs {needs} labels, but train.loss {loss!r} trains on "
-            f"{encoding} labels; use 'accuracy', which follows the loss"
-        )
-    if hasattr(keras.metrics, name) and callable(getattr(keras.metrics, name)) and not isinstance(
-        getattr(keras.metrics, name), type
-    ):
-        return getattr(keras.metrics, name)
-    return keras.losses.get(name)
-
-
 class EpochTrainer:
     """Model, optimizer and compiled epoch functions for one trial on one worker."""
 
@@ -214,19 +175,22 @@ class EpochTrainer:
         from finetune.models import create_model
 
         self.job, self.data, self.seed, self.rank, self.world_size = job, data, seed, rank, world_size
+        self.train = job.train
         self.strategy = create_strategy(world_size)
-        self.encoding = label_encoding(job.train.loss)
+        self.task = job.model.task
+        self.encoding = label_encoding(job.train.loss, self.task)
         self.metric_names = list(job.train.metrics)
-        self.metric_fns = [per_example_metric(n, job.train.loss) for n in self.metric_names]
-        self.loss_fn = keras.losses.get(job.train.loss)
+        self.metric_fns = [per_example_metric(n, job.train.loss, self.task) for n in self.metric_names]
+        self.loss_fn = create_loss(job.train, data.num_classes, self.task)
+        # mixed_float16 computes in float16 and keeps float32 weights (GPUs only: the job refuses it on CPUs).
+        keras.mixed_precision.set_global_policy("mixed_float16" if job.train.mixed_precision else "float32")
         keras.utils.set_random_seed(seed)  # same initial weights on every worker
+        self.phase = 1
         with self.strategy.scope():
             self.model = create_model(job, data)
-            self.optimizer = create_optimizer(job.train)
-            self._compile()
+            self._new_optimizer()
         self.first_step_done_at = None
-        self._train_fn = self._make_train_fn()
-        self._eval_fn = self._make_eval_fn()
+        self._make_functions()
         shards = shards or {}
         self._validation = self._batches(data.validation, shards.get("validation"), shuffle=False)
         self._train = self._batches(data.train, shards.get("train"), shuffle=True)
@@ -236,11 +200,27 @@ class EpochTrainer:
             self._train.dataset = self.strategy.distribute_datasets_from_function(lambda _: local)
         self._tf = tf
 
-    def _compile(self) -> None:
-        # Not for fit(): compiling records the loss, metrics and optimizer in the saved .keras file,
-        # so the model loads ready to evaluate in plain Keras.
-        self.model.compile(optimizer=self.optimizer, loss=self.job.train.loss, metrics=self.metric_names)
+    def _new_optimizer(self) -> None:
+        """A fresh optimizer for the current phase's trainable weights. Compiling is not for fit():
+        it records the loss, metrics and optimizer in the saved .keras file, so the model loads
+        ready to evaluate in plain Keras. Call inside the strategy's scope."""
+        self.optimizer = create_optimizer(self.train, self._phase_scale(), self.train.mixed_precision)
+        self.model.compile(optimizer=self.optimizer, loss=self.train.loss, metrics=self.metric_names)
         self.optimizer.build(self.model.trainable_variables)
+
+    def _phase_scale(self) -> float:
+        fine_tune = self.train.fine_tune
+        return fine_tune.learning_rate_scale if fine_tune and self.phase == 2 else 1.0
+
+    def _enter_phase_two(self) -> None:
+        """Unfreeze the top of the base and go on with a new optimizer at the scaled learning rate."""
+        from finetune.models import freeze_base
+
+        self.phase = 2
+        with self.strategy.scope():
+            freeze_base(self.model, self.job.model.freeze, unfreeze_top=self.train.fine_tune.unfreeze_top)
+            self._new_optimizer()
+        self._make_functions()
 
     # -- data --
 
@@ -249,7 +229,7 @@ class EpochTrainer:
 
         if self.encoding == "one_hot":
             labels = tf.one_hot(labels, self.data.num_classes)
-        elif self.encoding == "binary":
+        elif self.encoding in ("binary", "value"):
             labels = tf.cast(tf.expand_dims(labels, -1), tf.float32)
         return features, labels
 
@@ -262,13 +242,17 @@ class EpochTrainer:
 
     # -- compiled functions --
 
+    def _make_functions(self) -> None:
+        self._train_fn = self._make_train_fn()
+        self._eval_fn = self._make_eval_fn()
+
     def _make_train_fn(self):
         import tensorflow as tf
 
         strategy, model, optimizer = self.strategy, self.model, self.optimizer
         loss_fn, metric_fns = self.loss_fn, self.metric_fns
 
-        def step(features, labels):
+        def gradients(features, labels):
             with tf.GradientTape() as tape:
                 predictions = model(features, training=True)
                 per_example_loss = loss_fn(labels, predictions)
@@ -276,9 +260,17 @@ class EpochTrainer:
                 loss = tf.nn.compute_average_loss(per_example_loss)
                 if model.losses:
                     loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
-            gradients = tape.gradient(loss, model.trainable_variables)
-            optimizer.apply_gradients(zip(gradients, model.trainable_variables))
-            return _sums(labels, predictions, per_example_loss, metric_fns)
+                scaled = optimizer.scale_loss(loss)  # loss scaling under mixed precision, else as is
+            return tape.gradient(scaled, model.trainable_variables), _sums(labels, predictions, per_example_loss, metric_fns)
+
+        if self.train.jit_compile:
+            # XLA compiles the forward and backward pass; the gradient all-reduce stays outside it.
+            gradients = tf.function(gradients, jit_compile=True)
+
+        def step(features, labels):
+            grads, sums = gradients(features, labels)
+            optimizer.apply_gradients(zip(grads, model.trainable_variables))
+            return sums
 
         @tf.function
         def train_steps(iterator, steps):
@@ -317,7 +309,14 @@ class EpochTrainer:
     # -- one epoch --
 
     def train_epoch(self, epoch: int) -> dict:
+        from finetune.models import parameter_counts
+
         tf = self._tf
+        fine_tune = self.train.fine_tune
+        if fine_tune and self.phase == 1 and epoch > fine_tune.after_epoch:
+            self._enter_phase_two()
+        learning_rate = learning_rate_at(self.train, epoch, self._phase_scale())
+        self.optimizer.learning_rate = learning_rate
         started = time.perf_counter()
         iterator = iter(self._train.dataset)
         steps = self._train.steps
@@ -335,6 +334,9 @@ class EpochTrainer:
         metrics["train_seconds"] = train_seconds
         metrics["epoch_seconds"] = time.perf_counter() - started
         metrics["samples_per_second"] = float(totals.numpy()[-1]) / train_seconds
+        metrics["learning_rate"] = learning_rate
+        metrics["phase"] = self.phase
+        metrics.update(parameter_counts(self.model))
         metrics["worker_pid"] = os.getpid()  # rank 0's process: where the trial really trains
         if self.world_size > 1:
             metrics["replica_weight_spread"] = self._replica_weight_spread()
@@ -359,21 +361,23 @@ class EpochTrainer:
     def save(self, directory: str, epoch: int) -> str:
         self.model.save(os.path.join(directory, MODEL_FILE))
         with open(os.path.join(directory, STATE_FILE), "w") as out:
-            json.dump({"epoch": epoch, "seed": self.seed}, out)
+            json.dump({"epoch": epoch, "seed": self.seed, "phase": self.phase}, out)
         return directory
 
     def restore(self, directory: str) -> int:
-        """Load weights and optimizer state from a checkpoint; returns the epoch it ended."""
+        """Load weights, trainable flags and optimizer state from a checkpoint; returns the epoch
+        it ended."""
         import keras
 
+        with open(os.path.join(directory, STATE_FILE)) as state_file:
+            state = json.load(state_file)
         with self.strategy.scope():
             # The loaded model brings its own optimizer, whose state is tied to its variables.
-            self.model = keras.models.load_model(os.path.join(directory, MODEL_FILE))
+            self.model = keras.models.load_model(os.path.join(directory, MODEL_FILE), compile=True, safe_mode=True)
             self.optimizer = self.model.optimizer
-        self._train_fn = self._make_train_fn()
-        self._eval_fn = self._make_eval_fn()
-        with open(os.path.join(directory, STATE_FILE)) as state:
-            return int(json.load(state)["epoch"])
+        self.phase = int(state.get("phase", 1))
+        self._make_functions()
+        return int(state["epoch"])
 
 
 def _sums(labels, predictions, per_example_loss, metric_fns):

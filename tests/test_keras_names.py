@@ -23,3 +23,8 @@ def test_every_listed_loss_and_activation_resolves():
     for name in keras_names.ACTIVATIONS:
         assert callable(keras.activations.get(name)), name
     assert {k for k in ACTIVATIONS if k.islower()} == set(keras_names.ACTIVATIONS)
+
+
+def test_every_listed_application_exists_and_none_is_missing():
+    names = {n for n in dir(keras.applications) if n[0].isupper() and callable(getattr(keras.applications, n))}
+    assert names == set(keras_names.APPLICATIONS)

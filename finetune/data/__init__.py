@@ -24,23 +24,36 @@ from finetune.job import DatasetSpec
 __all__ = ["LoadedData", "Split", "StreamSplit", "load_data", "check_fits_workers", "stratified_rows"]
 
 
-def load_data(spec: DatasetSpec, seed: int) -> LoadedData:
-    """The splits a dataset section describes, checked. File sources need Ray (Ray Data reads them)."""
+def load_data(spec: DatasetSpec, seed: int, task: str = "classification") -> LoadedData:
+    """The splits a dataset section describes, checked. File sources need Ray (Ray Data reads them).
+    task: classification (labels become class indices) or regression (labels stay numbers)."""
     if spec.embedded:
-        return load_embedded(spec, seed)
+        return load_embedded(spec, seed, task)
     from finetune.data.prepare import load_files
 
-    return load_files(spec, seed)
+    return load_files(spec, seed, task)
 
 
-def load_embedded(spec: DatasetSpec, seed: int) -> LoadedData:
+def load_embedded(spec: DatasetSpec, seed: int, task: str = "classification") -> LoadedData:
     """scikit-learn's bundled data sets: real data, shipped with the package, no download."""
     from finetune.data.embedded import load_sklearn
 
     features, labels, classes = load_sklearn(spec.embedded)
+    if (task == "regression") != (not classes):
+        kind = "a regression target" if not classes else "classes"
+        raise DataError(f"dataset.source: {spec.source} has {kind}; set model.task to "
+                        f"{'regression' if not classes else 'classification'}.")
+    if spec.classes is not None:
+        unknown = [c for c in spec.classes if str(c) not in classes]
+        if unknown:
+            raise DataError(f"dataset.classes: {unknown} not among the classes of {spec.source}: {', '.join(classes)}.")
+        keep = sorted(classes.index(str(c)) for c in spec.classes)  # kept classes keep their order
+        rows = np.isin(labels, keep)
+        features, labels = features[rows], np.searchsorted(np.array(keep), labels[rows]).astype(np.int32)
+        classes = [classes[i] for i in keep]
     fingerprint = {"source": spec.source, "rows": int(len(labels)),
                    "sha256": hashlib.sha256(features.tobytes() + labels.tobytes()).hexdigest()}
-    rows = stratified_rows(labels, spec.split.validation, spec.split.test, seed)
+    rows = stratified_rows(labels if classes else None, spec.split.validation, spec.split.test, seed, len(labels))
     splits = {name: Split(features[index], labels[index]) for name, index in rows.items()}
     mean, variance = feature_statistics(splits["train"].features)
     fingerprint["split_rows"] = {name: len(split) for name, split in splits.items()}
@@ -48,18 +61,23 @@ def load_embedded(spec: DatasetSpec, seed: int) -> LoadedData:
                       tuple(features.shape[1:]), mean, variance, fingerprint)
 
 
-def stratified_rows(labels: np.ndarray, validation: float, test: float, seed: int) -> dict[str, np.ndarray]:
+def stratified_rows(labels: np.ndarray | None, validation: float, test: float, seed: int,
+                    count: int | None = None) -> dict[str, np.ndarray]:
     """Row indices of seeded train, validation and test splits, each with the class proportions of
-    the whole."""
+    the whole (labels None: a regression target, split at random)."""
     from sklearn.model_selection import train_test_split
 
-    rows = np.arange(len(labels))
+    rows = np.arange(len(labels) if labels is not None else count)
     result = {}
+
+    def strata(subset):
+        return labels[subset] if labels is not None else None
+
     try:
         if test > 0:
-            rows, result["test"] = train_test_split(rows, test_size=test, random_state=seed, stratify=labels[rows])
+            rows, result["test"] = train_test_split(rows, test_size=test, random_state=seed, stratify=strata(rows))
         result["train"], result["validation"] = train_test_split(
-            rows, test_size=validation / (1 - test), random_state=seed, stratify=labels[rows])
+            rows, test_size=validation / (1 - test), random_state=seed, stratify=strata(rows))
     except ValueError as error:
         counts = dict(zip(*np.unique(labels, return_counts=True)))
         rarest = min(counts, key=counts.get)

@@ -25,11 +25,23 @@ class Conversion:
     expected_size: tuple[int, int] | None = None  # without image_size: every image must have this one
     channels: int = 3
     split_column: str | None = None
+    keep_labels: tuple[str, ...] | None = None  # dataset.classes: rows with other labels are dropped
+
+
+def keep_rows(table: pa.Table, conversion: Conversion) -> pa.Table:
+    """Only the rows whose label `dataset.classes` keeps."""
+    if conversion.keep_labels is None:
+        return table
+    import pyarrow.compute as pc
+
+    labels = pc.cast(table.column(conversion.label_column), pa.string())
+    return table.filter(pc.is_in(labels, value_set=pa.array(conversion.keep_labels, pa.string())))
 
 
 def convert_batch(table: pa.Table, conversion: Conversion) -> dict[str, np.ndarray]:
     import pyarrow.compute as pc
 
+    table = keep_rows(table, conversion)
     rows = table.num_rows
     labels = table.column(conversion.label_column)
     if conversion.image_column:
@@ -53,11 +65,13 @@ def convert_batch(table: pa.Table, conversion: Conversion) -> dict[str, np.ndarr
     return out
 
 
-def model_inputs_batch(table: pa.Table, conversion: Conversion, classes: list[str], split: tuple | None) -> dict:
-    """The training pipeline's one step per batch: features and class index of the usable rows
-    that belong to one split. Lean on purpose (no per-row text), since it runs every epoch."""
+def model_inputs_batch(table: pa.Table, conversion: Conversion, classes: list[str] | None, split: tuple | None) -> dict:
+    """The training pipeline's one step per batch: features and label (class index, or the number
+    itself when `classes` is None: regression) of the usable rows that belong to one split. Lean on
+    purpose (no per-row text), since it runs every epoch."""
     import pyarrow.compute as pc
 
+    table = keep_rows(table, conversion)
     if split and split[0] == "column":
         table = table.filter(pc.equal(pc.cast(table.column(conversion.split_column), pa.string()), split[1]))
     if conversion.image_column:
@@ -70,6 +84,9 @@ def model_inputs_batch(table: pa.Table, conversion: Conversion, classes: list[st
         _, low, high, seed = split
         buckets = row_buckets(features, seed)
         keep &= (buckets >= low) & (buckets < high)
+    if classes is None:
+        labels = pc.cast(table.column(conversion.label_column), pa.float32()).to_numpy(zero_copy_only=False)
+        return {"features": features[keep], "label": labels[keep].astype(np.float32)}
     labels = pc.index_in(pc.cast(table.column(conversion.label_column), pa.string()),
                          value_set=pa.array(classes, pa.string())).to_numpy(zero_copy_only=False)
     return {"features": features[keep], "label": labels[keep].astype(np.int32)}

@@ -6,13 +6,17 @@ import numpy as np
 
 
 def load_sklearn(name: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """(features float32, labels int32, class names) of digits, breast_cancer, wine or iris."""
+    """(features float32, labels, class names) of digits, breast_cancer, wine, iris (classes, int32
+    labels) or diabetes (a regression target: float32 labels, no classes)."""
     from sklearn import datasets
 
     if name == "digits":
         bunch = datasets.load_digits()
         # 8x8 grey images with values 0..16, as (rows, 8, 8, 1) floats in [0, 1].
         features = (bunch.images / 16.0).astype(np.float32)[..., np.newaxis]
+    elif name == "diabetes":
+        bunch = datasets.load_diabetes()
+        return bunch.data.astype(np.float32), bunch.target.astype(np.float32), []
     else:
         loader = {"breast_cancer": datasets.load_breast_cancer, "wine": datasets.load_wine,
                   "iris": datasets.load_iris}[name]

@@ -36,7 +36,7 @@ EXAMPLES = 3
 SPLITS = ("train", "validation", "test")
 
 
-def load_files(spec: DatasetSpec, seed: int) -> LoadedData:
+def load_files(spec: DatasetSpec, seed: int, task: str = "classification") -> LoadedData:
     """Read, convert, check and split the files a dataset section names."""
     import ray.data
 
@@ -67,13 +67,15 @@ def load_files(spec: DatasetSpec, seed: int) -> LoadedData:
         raw[name] = dataset
     estimate = _estimated_bytes(resolved, conversion, kind)
     in_memory = spec.in_memory if spec.in_memory != "auto" else estimate <= IN_MEMORY_LIMIT_BYTES
+    if spec.classes is not None:
+        conversion = replace(conversion, keep_labels=tuple(str(c) for c in spec.classes))
     converted = {name: ds.map_batches(convert_batch, fn_kwargs={"conversion": conversion}, batch_format="pyarrow",
                                       batch_size=1024)
                  for name, ds in raw.items()}
     if in_memory:
-        data = _load_in_memory(spec, converted, conversion, seed, class_names)
+        data = _load_in_memory(spec, converted, conversion, seed, class_names, task)
     else:
-        data = _load_streaming(spec, converted, conversion, seed, class_names, raw)
+        data = _load_streaming(spec, converted, conversion, seed, class_names, raw, task)
     split_rows = {name: len(split) for name, split in (("train", data.train), ("validation", data.validation),
                                                         ("test", data.test)) if split is not None}
     return replace(data, fingerprint={"in_memory": in_memory, "sources": fingerprint, "split_rows": split_rows,
@@ -174,7 +176,7 @@ def _estimated_bytes(resolved: dict, conversion: Conversion, kind: str) -> float
 # --- in memory -----------------------------------------------------------------------------------
 
 
-def _load_in_memory(spec, converted, conversion, seed, class_names) -> LoadedData:
+def _load_in_memory(spec, converted, conversion, seed, class_names, task) -> LoadedData:
     arrays = {}
     for name, dataset in converted.items():
         try:
@@ -194,23 +196,45 @@ def _load_in_memory(spec, converted, conversion, seed, class_names) -> LoadedDat
                 arrays[name] = {key: value[~bad] for key, value in columns.items()}
             else:
                 _raise_problems(columns["name"][bad], columns["problem"][bad], int(bad.sum()), name)
-    parts = _split_in_memory(spec, arrays, seed)
+    parts = _split_in_memory(spec, arrays, seed, task)
     for name in ("train", "validation"):
         if len(parts[name]["label_raw"]) == 0:
             raise DataError(f"dataset.split: the {name} split is empty; give it rows (a larger fraction, "
                             f"more data, or rows marked {name!r} in the split column).")
-    classes = _classes(Counter(parts["train"]["label_raw"].tolist()), class_names,
-                       {n: Counter(p["label_raw"].tolist()) for n, p in parts.items() if n != "train"})
-    index = {name: i for i, name in enumerate(classes)}
-    splits = {name: Split(part["features"].astype(np.float32, copy=False),
-                          np.array([index[v] for v in part["label_raw"]], dtype=np.int32))
-              for name, part in parts.items()}
+    if task == "regression":
+        classes = []
+        splits = {name: Split(part["features"].astype(np.float32, copy=False), _numbers(part["label_raw"]))
+                  for name, part in parts.items()}
+    else:
+        classes = _classes(Counter(parts["train"]["label_raw"].tolist()), class_names,
+                           {n: Counter(p["label_raw"].tolist()) for n, p in parts.items() if n != "train"})
+        index = {name: i for i, name in enumerate(classes)}
+        splits = {name: Split(part["features"].astype(np.float32, copy=False),
+                              np.array([index[v] for v in part["label_raw"]], dtype=np.int32))
+                  for name, part in parts.items()}
     mean, variance = feature_statistics(splits["train"].features)
     return LoadedData(splits["train"], splits["validation"], splits.get("test"), classes,
                       tuple(splits["train"].features.shape[1:]), mean, variance, skipped_rows=skipped)
 
 
-def _split_in_memory(spec, arrays, seed) -> dict[str, dict]:
+def _numbers(values: np.ndarray) -> np.ndarray:
+    """A regression target as float32; a DataError when a label is not a number."""
+    try:
+        return values.astype(np.float64).astype(np.float32)
+    except ValueError:
+        bad = next(v for v in values if not _is_number_text(v))
+        raise DataError(f"dataset.label: model.task is regression, but the label {bad!r} is not a number.") from None
+
+
+def _is_number_text(value) -> bool:
+    try:
+        float(value)
+        return True
+    except ValueError:
+        return False
+
+
+def _split_in_memory(spec, arrays, seed, task) -> dict[str, dict]:
     if "all" not in arrays:
         return arrays
     columns = arrays["all"]
@@ -220,7 +244,8 @@ def _split_in_memory(spec, arrays, seed) -> dict[str, dict]:
         return {name: part for name, part in parts.items() if name != "test" or len(part["label_raw"])}
     from finetune.data import stratified_rows
 
-    rows = stratified_rows(columns["label_raw"], spec.split.validation, spec.split.test, seed)
+    labels = columns["label_raw"] if task == "classification" else None
+    rows = stratified_rows(labels, spec.split.validation, spec.split.test, seed, len(columns["label_raw"]))
     return {name: {k: v[index] for k, v in columns.items()} for name, index in rows.items()}
 
 
@@ -271,7 +296,7 @@ def _raise_problems(names, problems, count: int, split: str) -> None:
 # --- streaming -----------------------------------------------------------------------------------
 
 
-def _load_streaming(spec, converted, conversion, seed, class_names, raw) -> LoadedData:
+def _load_streaming(spec, converted, conversion, seed, class_names, raw, task) -> LoadedData:
     """Check every row once with Ray Data (in parallel, on the cluster); keep the splits lazy."""
     if "all" in converted:
         base = converted["all"]
@@ -300,15 +325,21 @@ def _load_streaming(spec, converted, conversion, seed, class_names, raw) -> Load
             else:
                 names, problems = zip(*summary["examples"])
                 _raise_problems(list(names), list(problems), summary["bad"], name)
-    classes = _classes(summaries["train"]["labels"], class_names,
-                       {n: s["labels"] for n, s in summaries.items() if n != "train"})
+    if task == "regression":
+        classes = []
+        for summary in summaries.values():
+            _numbers(np.array(list(summary["labels"])[:1000], dtype=object))
+    else:
+        classes = _classes(summaries["train"]["labels"], class_names,
+                           {n: s["labels"] for n, s in summaries.items() if n != "train"})
     rows = {name: summary["rows"] - summary["bad"] for name, summary in summaries.items()}
     for name in ("train", "validation"):
         if rows.get(name, 0) == 0:
             raise DataError(f"dataset.split: the {name} split is empty; use a larger fraction or more data.")
     # What trials read every epoch: one lean conversion from the raw rows to model inputs.
     final = {name: StreamSplit(sources[name].map_batches(
-                 model_inputs_batch, fn_kwargs={"conversion": conversion, "classes": classes, "split": filters[name]},
+                 model_inputs_batch, fn_kwargs={"conversion": conversion, "classes": classes or None,
+                                                "split": filters[name]},
                  batch_format="pyarrow", batch_size=None), rows[name])
              for name in checked if rows[name]}
     train = summaries["train"]
