@@ -40,3 +40,47 @@ def capacity(started_here: bool = True) -> Capacity:
         nodes=len(nodes),
         started_here=started_here,
     )
+
+
+def check_storage_reachable(location: str, capacity: Capacity) -> None:
+    """On a cluster of several nodes, a local storage path must be a mount that every node
+    shares: Train workers on any node write checkpoints there. A marker file written here must be
+    visible from a task on every node, or the run stops before it starts."""
+    import secrets
+
+    from finetune import storage
+    from finetune.errors import UserError
+
+    if capacity.nodes <= 1 or not storage.is_local(location):
+        return
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    path = location.removeprefix("file://")
+    created = not os.path.exists(path)
+    os.makedirs(path, exist_ok=True)
+    marker = os.path.join(path, f".finetune-reachable-{secrets.token_hex(4)}")
+    with open(marker, "w") as out:
+        out.write("written by the finetune driver to check that every node sees this folder\n")
+    try:
+        nodes = [n for n in ray.nodes() if n.get("Alive")]
+        probe = ray.remote(num_cpus=0)(_marker_visible)
+        seen = ray.get([
+            probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(marker)
+            for n in nodes
+        ])
+    finally:
+        os.remove(marker)
+        if created and not os.listdir(path):
+            os.rmdir(path)
+    blind = [f"{n['NodeManagerAddress']} ({n['NodeID'][:8]})" for n, ok in zip(nodes, seen) if not ok]
+    if blind:
+        raise UserError(
+            f"storage_path: {location} is a local folder that {len(blind)} of the cluster's {len(nodes)} nodes "
+            f"cannot see ({', '.join(blind)}); their Train workers could not write checkpoints there. Use "
+            f"object storage (s3://bucket/path, gs://bucket/path) or a mount shared by every node at the same path."
+        )
+
+
+def _marker_visible(marker: str) -> bool:
+    return os.path.exists(marker)

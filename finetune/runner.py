@@ -18,7 +18,16 @@ import time
 from finetune import reports, storage
 from finetune.data import LoadedData, Split, check_fits_workers, load_data
 from finetune.job import Job, to_yaml
-from finetune.search import DataHandle, count_trials, create_tuner, failure_reasons, plan_concurrency
+from finetune.errors import UserError
+from finetune.search import (
+    TUNE_FOLDER,
+    DataHandle,
+    count_trials,
+    create_tuner,
+    failure_reasons,
+    plan_concurrency,
+    restore_tuner,
+)
 
 SUMMARY_FILE = "summary.json"
 METRICS_FILE = "metrics.parquet"
@@ -26,11 +35,49 @@ MODEL_FILE = "model.keras"
 
 
 def run_job(job: Job, address: str | None = None, verbose: bool = False, out=None,
-            callbacks: tuple = ()) -> dict:
+            callbacks: tuple = (), resume: bool = False) -> dict:
     """Run a job's whole search and return its summary (also written to summary.json).
 
+    resume: continue the newest unfinished run of this job instead of starting a new one.
     callbacks: extra `ray.tune.Callback`s, for callers that watch trials as they run."""
-    out = out or sys.stdout
+    run_dir = unfinished_run(job) if resume else None
+    return _run(job, run_dir, address, verbose, out or sys.stdout, callbacks)
+
+
+def resume_run(run_dir: str, address: str | None = None, verbose: bool = False, out=None,
+               callbacks: tuple = ()) -> dict:
+    """Continue a run whose driver stopped (killed, lost its node): finished trials are kept,
+    trials in flight restart from their last checkpoints, the rest start."""
+    import yaml
+
+    from finetune.job import validate_job_dict
+
+    run_dir = storage.absolute(run_dir)
+    job_file = storage.join(run_dir, "job.yaml")
+    if not storage.exists(storage.join(run_dir, TUNE_FOLDER)) or not storage.exists(job_file):
+        raise UserError(f"resume: {run_dir} is not a run folder (expected job.yaml and {TUNE_FOLDER}/ in it).")
+    if storage.exists(storage.join(run_dir, SUMMARY_FILE)):
+        raise UserError(f"resume: run {run_dir} already finished (it has {SUMMARY_FILE}); nothing to resume.")
+    job = validate_job_dict(yaml.safe_load(storage.read_bytes(job_file)), source=job_file)
+    return _run(job, run_dir, address, verbose, out or sys.stdout, callbacks)
+
+
+def unfinished_run(job: Job) -> str:
+    """The newest run folder of this job without a summary, started from the same job."""
+    root = storage.join(storage.absolute(job.storage_path), job.name)
+    runs = [r for r in storage.list_dirs(root) if not storage.exists(storage.join(root, r, SUMMARY_FILE))
+            and storage.exists(storage.join(root, r, TUNE_FOLDER))]
+    if not runs:
+        raise UserError(f"--resume: no unfinished run of {job.name!r} under {root}. Run without --resume to start one.")
+    run_dir = storage.join(root, runs[-1])
+    if storage.read_bytes(storage.join(run_dir, "job.yaml")).decode() != to_yaml(job):
+        raise UserError(f"--resume: the newest unfinished run, {run_dir}, was started from a different job "
+                        f"(its job.yaml differs from this one). Resume it as it was with `finetune resume "
+                        f"{run_dir}`, or run without --resume to start a new run.")
+    return run_dir
+
+
+def _run(job: Job, run_dir: str | None, address, verbose: bool, out, callbacks) -> dict:
     started = time.time()
 
     # 1. Everything that can be wrong with the input, before anything is written.
@@ -45,17 +92,20 @@ def run_job(job: Job, address: str | None = None, verbose: bool = False, out=Non
     num_trials = count_trials(job.search)
     concurrency = plan_concurrency(job, capacity, num_trials, streaming=data.streaming,
                                    local=capacity.started_here)
+    ray_cluster.check_storage_reachable(storage.join(storage.absolute(job.storage_path), job.name), capacity)
 
     # 2. The run folder: <storage_path>/<name>/<run id>/
-    run_dir = new_run_dir(job)
-    storage.write_bytes(storage.join(run_dir, "job.yaml"), to_yaml(job).encode())
-    storage.write_json(storage.join(run_dir, "classes.json"), data.classes)
+    resuming = run_dir is not None
+    if not resuming:
+        run_dir = new_run_dir(job)
+        storage.write_bytes(storage.join(run_dir, "job.yaml"), to_yaml(job).encode())
+        storage.write_json(storage.join(run_dir, "classes.json"), data.classes)
     if data.skipped_rows:
         print(f"skipped {data.skipped_rows} images that do not decode (dataset.on_bad_image: skip)", file=out)
     print(
-        f"run {run_dir}\n{num_trials} trials, {concurrency} at a time, {job.resources.num_workers} "
-        f"worker(s) each ({job.executor}); Ray: {capacity.cpus:g} CPUs, {capacity.gpus:g} GPUs, "
-        f"{capacity.nodes} node(s)",
+        f"{'resuming' if resuming else 'run'} {run_dir}\n{num_trials} trials, {concurrency} at a time, "
+        f"{job.resources.num_workers} worker(s) each ({job.executor}); Ray: {capacity.cpus:g} CPUs, "
+        f"{capacity.gpus:g} GPUs, {capacity.nodes} node(s)",
         file=out, flush=True,
     )
 
@@ -73,10 +123,14 @@ def run_job(job: Job, address: str | None = None, verbose: bool = False, out=Non
 
     handle = DataHandle(ray.put(data.without_test()))
     progress = reports.make_progress_printer(job, num_trials, out)
-    results = list(create_tuner(job, run_dir, handle, concurrency, [progress, *callbacks]).fit())
+    if resuming:
+        tuner = restore_tuner(job, run_dir, handle, [progress, *callbacks])
+    else:
+        tuner = create_tuner(job, run_dir, handle, concurrency, [progress, *callbacks])
+    results = list(tuner.fit())
 
     # 4. What came of it.
-    return finish_run(job, run_dir, results, data, started, out)
+    return finish_run(job, run_dir, results, data, started, out, capacity)
 
 
 def new_run_dir(job: Job) -> str:
@@ -86,7 +140,7 @@ def new_run_dir(job: Job) -> str:
     return run_dir
 
 
-def finish_run(job: Job, run_dir: str, results: list, data: LoadedData, started: float, out) -> dict:
+def finish_run(job: Job, run_dir: str, results: list, data: LoadedData, started: float, out, capacity) -> dict:
     outcomes = reports.trial_outcomes(results, job, failure_reasons(run_dir))
     rows = reports.metrics_rows(results, list(job.search.space))
     reports.write_parquet(reports.metrics_table(rows), storage.join(run_dir, METRICS_FILE))
@@ -111,6 +165,8 @@ def finish_run(job: Job, run_dir: str, results: list, data: LoadedData, started:
         "metrics_path": storage.join(run_dir, METRICS_FILE),
         "trials": [vars(o) for o in outcomes],
         "wall_seconds": round(time.time() - started, 1),
+        "cluster": {"nodes": capacity.nodes, "cpus": capacity.cpus, "gpus": capacity.gpus,
+                    "started_here": capacity.started_here},
         "versions": _versions(),
     }
     candidates = [o for o in outcomes if o.status != "failed" and o.best_metric is not None]

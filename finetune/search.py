@@ -128,16 +128,37 @@ def create_scheduler(job: Job):
     return FIFOScheduler()
 
 
+TUNE_FOLDER = "tune"  # Tune's experiment folder inside a run folder
+
+
+def make_trainable(job: Job, run_dir: str, data: DataHandle):
+    """`run_trial` with the run's job, folder and data bound, and its resources."""
+    from ray import tune
+
+    return tune.with_resources(
+        tune.with_parameters(run_trial, job_dict=job.model_dump(mode="json"), run_dir=run_dir, data=data),
+        trial_resources(job),
+    )
+
+
+def restore_tuner(job: Job, run_dir: str, data: DataHandle, callbacks: list):
+    """The run's Tune experiment as its driver left it. Finished and failed trials stay as they
+    are; unfinished ones continue from their latest checkpoints. The progress callbacks of this
+    process replace the ones pickled with the experiment."""
+    from ray import tune
+
+    tuner = tune.Tuner.restore(storage.join(run_dir, TUNE_FOLDER), make_trainable(job, run_dir, data),
+                               resume_unfinished=True, resume_errored=False, restart_errored=False)
+    tuner._local_tuner._run_config.callbacks = callbacks  # Tune offers no public way to set them again
+    return tuner
+
+
 def create_tuner(job: Job, run_dir: str, data: DataHandle, concurrency: int, callbacks: list):
     from ray import tune
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
-    trainable = tune.with_resources(
-        tune.with_parameters(run_trial, job_dict=job.model_dump(mode="json"), run_dir=run_dir, data=data),
-        trial_resources(job),
-    )
     return tune.Tuner(
-        trainable,
+        make_trainable(job, run_dir, data),
         param_space={
             "space": to_tune_space(job.search.space, fixed=job.model_dump(mode="json")),
             # Every trial's seed, drawn by the seeded search: the experiment seed fixes them all.
@@ -158,7 +179,7 @@ def create_tuner(job: Job, run_dir: str, data: DataHandle, concurrency: int, cal
             trial_dirname_creator=lambda trial: trial.trial_id,
         ),
         run_config=tune.RunConfig(
-            name="tune",
+            name=TUNE_FOLDER,
             storage_path=run_dir,
             verbose=0,
             callbacks=callbacks,

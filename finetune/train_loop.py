@@ -121,8 +121,10 @@ def run_worker_loop(config: dict, session) -> None:
         with checkpoint.as_directory() as directory:
             start_epoch = trainer.restore(directory)
     first_step_at = None
+    node_id = ray.get_runtime_context().get_node_id()
     for epoch in range(start_epoch + 1, job.train.epochs + 1):
         metrics = trainer.train_epoch(epoch)
+        metrics["node_id"] = node_id  # where rank 0 trained: trials spread over a cluster's nodes
         if first_step_at is None:
             first_step_at = trainer.first_step_done_at
             metrics["startup_seconds"] = first_step_at - config["trial_started_at"]

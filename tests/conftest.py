@@ -5,6 +5,13 @@ has two Rays on the host at once. Tests run in one process, with no parallel wor
 from __future__ import annotations
 
 import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -53,3 +60,60 @@ search:
     train.learning_rate: {{choice: [3.0e-3, 1.0e-2]}}
 resources: {{num_workers: 1}}
 """
+
+
+def free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+@dataclass
+class RayHead:
+    gcs_address: str  # for ray.init / RAY_ADDRESS of drivers on the head
+    dashboard: str  # http://127.0.0.1:PORT, for ray job submit and finetune submit
+    env: dict  # what a client process needs (auth mode, PATH with this venv's python first)
+    process: subprocess.Popen
+
+
+@pytest.fixture(scope="module")
+def ray_head():
+    """A real Ray head on loopback, as `ray start --head --block` in a child process with its own
+    ports and temp folder, so it collides with no other Ray on the host; stopped by its PID."""
+    gcs, dashboard, agent_listen, agent_grpc, metrics, runtime_env, client, node_manager, object_manager = free_ports(9)
+    temp_dir = tempfile.mkdtemp(prefix="rh", dir="/tmp")  # short: Ray's socket paths must stay under 108 bytes
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled",
+           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    env.pop("RAY_ADDRESS", None)
+    command = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", "--num-cpus=2",
+               f"--port={gcs}", f"--dashboard-port={dashboard}", "--dashboard-host=127.0.0.1",
+               f"--dashboard-agent-listen-port={agent_listen}", f"--dashboard-agent-grpc-port={agent_grpc}",
+               f"--metrics-export-port={metrics}", f"--runtime-env-agent-port={runtime_env}",
+               f"--ray-client-server-port={client}", f"--node-manager-port={node_manager}",
+               f"--object-manager-port={object_manager}", f"--temp-dir={temp_dir}", "--include-dashboard=true"]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
+    head = RayHead(f"127.0.0.1:{gcs}", f"http://127.0.0.1:{dashboard}", env, process)
+    from ray.job_submission import JobSubmissionClient
+
+    deadline = time.time() + 120
+    while True:
+        try:
+            os.environ["RAY_AUTH_MODE"] = "disabled"
+            JobSubmissionClient(head.dashboard).list_jobs()
+            break
+        except Exception:
+            if time.time() > deadline or process.poll() is not None:
+                process.kill()
+                raise RuntimeError("the test Ray head did not come up within 120 s")
+            time.sleep(1)
+    yield head
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)

@@ -1,0 +1,53 @@
+"""Jobs submitted to a real Ray head on loopback: `ray job submit` and `finetune submit`. The driver
+joins the cluster through RAY_ADDRESS and starts no Ray of its own."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+
+pytestmark = pytest.mark.ray
+RUNTIME_ENV = {"excludes": ["runs/", ".venv/", ".git/", ".pytest_cache/", "__pycache__/"],
+               "env_vars": {"TF_CPP_MIN_LOG_LEVEL": "2"}}
+
+
+def summary_under(root: Path) -> dict:
+    summaries = list(root.glob("*/*/summary.json"))
+    assert len(summaries) == 1, summaries
+    return json.loads(summaries[0].read_text())
+
+
+def test_ray_job_submit_runs_the_job_on_the_cluster(ray_head, tmp_path):
+    runs = tmp_path / "runs"
+    command = [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", ray_head.dashboard,
+               "--working-dir", str(REPO), "--runtime-env-json", json.dumps(RUNTIME_ENV), "--",
+               "python", "-m", "finetune", "run", "jobs/iris-csv.yaml", "--set", f"storage_path={runs}",
+               "--set", "search.num_samples=2", "--set", "train.epochs=12"]
+    result = subprocess.run(command, env=ray_head.env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "succeeded" in result.stdout.lower()
+    summary = summary_under(runs)
+    assert summary["num_trials"] == 2 and summary["test_metrics"]["accuracy"] > 0.5
+    # The driver joined the head (2 CPUs, set by ray start) instead of starting a Ray of its own.
+    assert summary["cluster"]["started_here"] is False and summary["cluster"]["cpus"] == 2
+
+
+def test_finetune_submit_follows_the_logs_and_refuses_a_duplicate_id(ray_head, tmp_path):
+    runs = tmp_path / "runs"
+    command = [sys.executable, "-m", "finetune", "submit", "jobs/wine-arrow.yaml", "--address", ray_head.dashboard,
+               "--runtime-env", "cluster/runtime_env.yaml", "--submission-id", "test-wine-1",
+               "--set", f"storage_path={runs}", "--set", "search.num_samples=1", "--set", "train.epochs=10"]
+    result = subprocess.run(command, cwd=REPO, env=ray_head.env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "submitted test-wine-1" in result.stdout and "trial 1/1 started" in result.stdout
+    assert "test-wine-1: SUCCEEDED" in result.stdout
+    assert summary_under(runs)["num_trials"] == 1
+    again = subprocess.run(command, cwd=REPO, env=ray_head.env, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 2 and "--submission-id: test-wine-1 already exists" in again.stderr
+    assert "Traceback" not in again.stderr
