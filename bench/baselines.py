@@ -18,6 +18,7 @@ Nothing here imports or starts Ray. TensorFlow is imported quietly and only when
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -231,8 +232,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--factor", type=int, default=3, help="Hyperband reduction factor (default 3)")
     parser.add_argument("--directory", default=None, help="KerasTuner's folder (default: a temporary one)")
     parser.add_argument("--skip-tuner", action="store_true", help="time plain Keras only")
+    parser.add_argument("--skip-plain", action="store_true", help="run KerasTuner only")
+    parser.add_argument("--json", action="store_true", help="end with one JSON line of the figures (for compare.py)")
     args = parser.parse_args(argv)
+    figures: dict[str, Any] = {}
+    if not args.skip_plain:
+        figures["plain"] = _print_plain(args)
+    if not args.skip_tuner:
+        figures["tuner"] = _print_tuner(args)
+    if args.json:
+        print(json.dumps(figures), flush=True)
+    return 0
 
+
+def _print_plain(args) -> dict:
     plain = plain_keras_epochs(args.epochs, args.seed)
     print(f"plain Keras, {args.epochs} epochs (median after the first):")
     print(f"  epoch (with validation): {steady_median(plain['epoch_seconds']):.3f} s   "
@@ -240,15 +253,17 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  train only:              {steady_median(plain['train_seconds']):.3f} s   "
           f"[{', '.join(f'{s:.3f}' for s in plain['train_seconds'])}]")
     sys.stdout.flush()
-    if args.skip_tuner:
-        return 0
+    return plain
+
+
+def _print_tuner(args) -> dict:
     tuned = keras_tuner_search(args.seed, args.max_epochs, args.factor, args.directory)
     print(f"KerasTuner Hyperband (max_epochs {args.max_epochs}, factor {args.factor}, seed {args.seed}):")
     print(f"  wall: {tuned['wall_seconds']:.1f} s   trials: {tuned['trials']} "
           f"({tuned['failed_trials']} failed)   epochs: {tuned['epochs']} (fit ran {tuned['epochs_fit']})   "
           f"{tuned['wall_seconds'] / max(1, tuned['epochs']):.3f} s/epoch")
     print(f"  best val_accuracy: {tuned['best_val_accuracy']:.4f}   {tuned['best_hyperparameters']}")
-    return 0
+    return tuned
 
 
 if __name__ == "__main__":

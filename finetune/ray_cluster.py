@@ -11,9 +11,13 @@ from finetune.search import Capacity
 WORKER_ENV = {"TF_CPP_MIN_LOG_LEVEL": "2"}
 
 
-def connect(address: str | None = None, verbose: bool = False) -> Capacity:
+def connect(address: str | None = None, verbose: bool = False, dashboard: bool = True) -> Capacity:
     """Join the cluster at `address`, or at RAY_ADDRESS (set for drivers that `ray job submit`
-    starts), or else start a local Ray. Never starts a second Ray beside a cluster it was sent to."""
+    starts), or else start a local Ray. Never starts a second Ray beside a cluster it was sent to.
+
+    dashboard: start the dashboard with a local Ray. Trials that drive Ray Train runs need it: its
+    placement-group cleaner frees the workers of trials a scheduler stops (field notes). Trials that
+    train in their own process do not, and it costs a few seconds and a few hundred MB."""
     import ray
 
     if ray.is_initialized():
@@ -23,9 +27,24 @@ def connect(address: str | None = None, verbose: bool = False) -> Capacity:
     if address:
         ray.init(address=address, **common)
     else:
-        # The dashboard must run: its placement-group cleaner frees stopped trials' workers.
-        ray.init(address="local", include_dashboard=True, runtime_env={"env_vars": WORKER_ENV}, **common)
+        ray.init(address="local", include_dashboard=dashboard, runtime_env={"env_vars": WORKER_ENV}, **common)
     return capacity(started_here=not address)
+
+
+def run_in_worker(function, *args, num_cpus: float = 1):
+    """Run `function(*args)` as a Ray task and return its result. A user error raised there is
+    raised here as itself, with its own message, not wrapped in Ray's task error."""
+    import ray
+    from ray.exceptions import RayTaskError
+
+    from finetune.errors import UserError
+
+    try:
+        return ray.get(ray.remote(num_cpus=num_cpus, max_retries=0)(function).remote(*args))
+    except RayTaskError as error:
+        if isinstance(error.cause, UserError):
+            raise error.cause from None
+        raise
 
 
 def capacity(started_here: bool = True) -> Capacity:

@@ -7,18 +7,17 @@ before the run folder exists, so bad input leaves nothing behind.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import platform
 import secrets
 import sys
-import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from finetune import reports, storage
-from finetune.data import LoadedData, Split, check_fits_workers, load_data
-from finetune.job import Job, to_yaml
+from finetune.data import LoadedData, check_fits_workers, load_data
 from finetune.errors import UserError
+from finetune.job import Job, to_yaml
 from finetune.search import (
     TUNE_FOLDER,
     DataHandle,
@@ -82,13 +81,22 @@ def _run(job: Job, run_dir: str | None, address, verbose: bool, out, callbacks) 
 
     # 1. Everything that can be wrong with the input, before anything is written.
     from finetune import ray_cluster
-    from finetune.train_loop import import_tensorflow_quietly, preflight
 
-    import_tensorflow_quietly()
-    capacity = ray_cluster.connect(address, verbose=verbose)  # file sources are read by Ray Data
-    data = load_data(job.dataset, job.seed, job.model.task)
+    # Ray starts first: file sources are read by Ray Data, and TensorFlow work runs in Ray workers,
+    # so this driver never imports TensorFlow (it stays light on a cluster's head node).
+    if job.dataset.embedded:
+        # Embedded data needs no Ray: load it (scikit-learn's import takes a second or two) while
+        # Ray starts its processes.
+        loading = ThreadPoolExecutor(1).submit(load_data, job.dataset, job.seed, job.model.task)
+    capacity = ray_cluster.connect(address, verbose=verbose, dashboard=job.executor == "ray_train")
+    import ray
+
+    data = loading.result() if job.dataset.embedded else load_data(job.dataset, job.seed, job.model.task)
     check_fits_workers(data, job.resources.num_workers)
-    preflight(job, data)
+    handle = DataHandle(ray.put(data.without_test()))
+    from finetune.evaluation import preflight_in_worker
+
+    ray_cluster.run_in_worker(preflight_in_worker, job.model_dump(mode="json"), handle)
     num_trials = count_trials(job.search)
     concurrency = plan_concurrency(job, capacity, num_trials, streaming=data.streaming,
                                    local=capacity.started_here)
@@ -110,8 +118,6 @@ def _run(job: Job, run_dir: str | None, address, verbose: bool, out, callbacks) 
     )
 
     # 3. The search.
-    import ray
-
     # Tune snapshots its state at every kept checkpoint and warns about it each epoch; the
     # snapshots are what `--resume` needs, the warnings are noise.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -121,7 +127,6 @@ def _run(job: Job, run_dir: str | None, address, verbose: bool, out, callbacks) 
     os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")
     logging.getLogger("ray.tune.tune").setLevel(logging.CRITICAL)  # "Trials did not complete: [...]"
 
-    handle = DataHandle(ray.put(data.without_test()))
     progress = reports.make_progress_printer(job, num_trials, out)
     if resuming:
         tuner = restore_tuner(job, run_dir, handle, [progress, *callbacks])
@@ -183,7 +188,7 @@ def finish_run(job: Job, run_dir: str, results: list, data: LoadedData, started:
             best_config=best.config,
             best_metrics={k: v for k, v in best_row.items() if isinstance(v, (int, float)) and not k.startswith("config.")},
             model_path=model_path,
-            test_metrics=evaluate_on_test(model_path, data, job) if data.test is not None else None,
+            test_metrics=evaluate_on_test(model_path, data, job),
         )
     storage.write_json(storage.join(run_dir, SUMMARY_FILE), summary)
 
@@ -228,43 +233,17 @@ def copy_best_checkpoint(result, trial_rows: list[dict], best_value: float, job:
     raise RuntimeError(f"no checkpoint of trial {trial_rows[0]['trial_id']} with {metric} {best_value} is left")
 
 
-def evaluate_on_test(model_path: str, data: LoadedData, job: Job) -> dict:
-    """The best model, loaded as any Keras user would load it, scored on the held-out test split."""
-    import keras
+def evaluate_on_test(model_path: str, data: LoadedData, job: Job) -> dict | None:
+    """The best model scored on the held-out test split, in a Ray worker (see finetune.evaluation)."""
+    if data.test is None:
+        return None
+    import ray
 
-    from finetune.optimization import label_encoding
+    from finetune import ray_cluster
+    from finetune.evaluation import evaluate_in_worker
 
-    with tempfile.TemporaryDirectory() as directory:
-        local = storage.fetch_to_local(model_path, os.path.join(directory, MODEL_FILE))
-        model = keras.models.load_model(local)
-    encoding = label_encoding(job.train.loss, job.model.task)
-
-    def encode(labels):
-        if encoding == "one_hot":
-            return keras.utils.to_categorical(labels, data.num_classes)
-        if encoding in ("binary", "value"):
-            return labels.reshape(-1, 1).astype("float32")
-        return labels
-
-    if isinstance(data.test, Split):
-        scores = model.evaluate(data.test.features, encode(data.test.labels), batch_size=256, verbose=0,
-                                return_dict=True)
-    else:
-        import tensorflow as tf
-
-        def batches():
-            for batch in data.test.dataset.iter_batches(batch_size=256, batch_format="numpy"):
-                yield batch["features"], encode(batch["label"])
-
-        label_spec = tf.TensorSpec(
-            (None, data.num_classes) if encoding == "one_hot" else (None, 1) if encoding in ("binary", "value") else (None,),
-            tf.int32 if encoding == "sparse" else tf.float32)
-        test = tf.data.Dataset.from_generator(batches, output_signature=(
-            tf.TensorSpec((None, *data.input_shape), tf.float32), label_spec))
-        # A known length, so Keras does not warn that the generator "ran out of data".
-        test = test.apply(tf.data.experimental.assert_cardinality(math.ceil(len(data.test) / 256)))
-        scores = model.evaluate(test, verbose=0, return_dict=True)
-    return {name: float(value) for name, value in scores.items()}
+    return ray_cluster.run_in_worker(evaluate_in_worker, model_path, job.model_dump(mode="json"),
+                                     DataHandle(ray.put(data)))
 
 
 def _format_metrics(metrics: dict | None) -> str:
@@ -272,14 +251,12 @@ def _format_metrics(metrics: dict | None) -> str:
 
 
 def _versions() -> dict:
-    import ray
+    from importlib.metadata import PackageNotFoundError, version
 
-    versions = {"python": platform.python_version(), "ray": ray.__version__}
-    try:
-        import keras
-        import tensorflow as tf
-
-        versions.update(tensorflow=tf.__version__, keras=keras.__version__)
-    except ImportError:
-        pass
+    versions = {"python": platform.python_version()}
+    for package in ("ray", "tensorflow", "keras", "pyarrow"):
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            pass
     return versions

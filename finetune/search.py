@@ -149,8 +149,18 @@ def restore_tuner(job: Job, run_dir: str, data: DataHandle, callbacks: list):
 
     tuner = tune.Tuner.restore(storage.join(run_dir, TUNE_FOLDER), make_trainable(job, run_dir, data),
                                resume_unfinished=True, resume_errored=False, restart_errored=False)
-    tuner._local_tuner._run_config.callbacks = callbacks  # Tune offers no public way to set them again
+    tuner._local_tuner._run_config.callbacks = [*result_loggers(), *callbacks]  # no public way to set them again
     return tuner
+
+
+def result_loggers() -> list:
+    """Tune's JSON and CSV result files (what metrics tables and resumes read). Its TensorBoard
+    logger, added by default, is left out: TensorFlow 2.21 ships no TensorBoard to read it, and it
+    costs the driver a write per result."""
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
+    return [JsonLoggerCallback(), CSVLoggerCallback()]
 
 
 def create_tuner(job: Job, run_dir: str, data: DataHandle, concurrency: int, callbacks: list):
@@ -182,7 +192,7 @@ def create_tuner(job: Job, run_dir: str, data: DataHandle, concurrency: int, cal
             name=TUNE_FOLDER,
             storage_path=run_dir,
             verbose=0,
-            callbacks=callbacks,
+            callbacks=[*result_loggers(), *callbacks],
             failure_config=tune.FailureConfig(max_failures=job.resources.max_failures),
             checkpoint_config=tune.CheckpointConfig(
                 num_to_keep=1, checkpoint_score_attribute=job.search.metric,

@@ -7,9 +7,7 @@ import sys
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-
 import pytest
-
 from conftest import REPO, write_job
 
 pytestmark = pytest.mark.ray

@@ -3,10 +3,7 @@ bad-data case ending in one clear DataError before any trial starts."""
 
 from __future__ import annotations
 
-import io
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,12 +11,11 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
+from conftest import JOBS, REPO
 
 from finetune.data import StreamSplit, load_data
 from finetune.errors import DataError
 from finetune.job import load_job, validate_job_dict
-
-from conftest import JOBS, REPO, write_job
 
 pytestmark = pytest.mark.ray
 DATA = REPO / "data"

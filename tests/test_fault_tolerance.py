@@ -14,11 +14,10 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from conftest import JOBS, REPO, write_job
 
 from finetune.job import load_job
 from finetune.runner import run_job
-
-from conftest import JOBS, REPO, write_job
 
 pytestmark = pytest.mark.ray
 
@@ -151,7 +150,7 @@ def test_a_killed_driver_resumes_and_nothing_is_lost_or_run_twice(cluster, tmp_p
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert f"resuming {run_dir}" in resumed.stdout
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["num_trials"] == 4 and summary["num_completed"] == 4
+    assert summary["num_trials"] == 4 and summary["num_completed"] == 4, (summary["trials"], resumed.stdout[-3000:])
     rows = metrics_of(summary)
     assert sorted((r["trial_id"], r["epoch"]) for r in rows) == sorted(
         (t["trial_id"], e) for t in summary["trials"] for e in range(1, 41))
@@ -165,11 +164,10 @@ def test_a_local_storage_path_that_a_node_cannot_see_is_refused(cluster, tmp_pat
     """A third worker node in its own mount namespace, where the storage folder is an empty tmpfs:
     a node without the shared mount. The run stops before it starts, and leaves nothing behind."""
     import ray
-
     from conftest import free_ports
-    from finetune.errors import UserError
 
     from finetune import ray_cluster
+    from finetune.errors import UserError
 
     ray_cluster.connect(cluster.address)
     hidden = tmp_path / "storage"

@@ -5,11 +5,10 @@ scratch for the same epochs, on the test split."""
 import io
 
 import pytest
+from conftest import JOBS
 
 from finetune.job import load_job
 from finetune.runner import run_job
-
-from conftest import JOBS
 
 pytestmark = pytest.mark.ray
 

@@ -6,15 +6,15 @@ import subprocess
 import sys
 
 import pytest
+from conftest import JOBS, REPO, write_job
 
 from finetune.errors import JobError
 from finetune.job import Job, load_job, parse_override, set_path, validate_job_dict
 from finetune.search_space import parse_domain, to_tune_space
 
-from conftest import JOBS, REPO, write_job
 
-
-@pytest.mark.parametrize("path", sorted(JOBS.glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", [*sorted(JOBS.glob("*.yaml")), *sorted((REPO / "bench").glob("*.yaml"))],
+                         ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_every_shipped_job_validates(path):
     job = load_job(path)
     assert job.name

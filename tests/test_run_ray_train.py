@@ -7,11 +7,10 @@ import os
 
 import pyarrow.parquet as pq
 import pytest
+from conftest import write_job
 
 from finetune.job import load_job
 from finetune.runner import run_job
-
-from conftest import write_job
 
 pytestmark = pytest.mark.ray
 

@@ -4,7 +4,14 @@ import pytest
 
 from finetune.errors import UserError
 from finetune.job import validate_job_dict
-from finetune.search import GIB, Capacity, count_trials, create_scheduler, plan_concurrency, trial_resources
+from finetune.search import (
+    GIB,
+    Capacity,
+    count_trials,
+    create_scheduler,
+    plan_concurrency,
+    trial_resources,
+)
 
 LAPTOP = Capacity(cpus=2, gpus=0, memory=16 * GIB, nodes=1)
 

@@ -2,7 +2,6 @@
 resumes, and bad model/data combinations fail before any trial."""
 
 import math
-import os
 
 import numpy as np
 import pytest

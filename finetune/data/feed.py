@@ -34,15 +34,18 @@ def in_memory_batches(split: Split, rank: int, world_size: int, batch_size: int,
     import tensorflow as tf
 
     rows = np.arange(rank, len(split), world_size)
-    if shuffle:
-        # Training shards must be equal: at most N-1 rows of the split are left out.
-        rows = rows[: len(split) // world_size]
+    steps = math.ceil(len(rows) / batch_size)
+    if not shuffle:  # evaluation: the rows in order, no per-epoch permutation to draw
+        dataset = tf.data.Dataset.from_tensor_slices((split.features[rows], split.labels[rows]))
+        return Batches(dataset.batch(batch_size).cache().prefetch(tf.data.AUTOTUNE), steps)
+    # Training shards must be equal: at most N-1 rows of the split are left out.
+    rows = rows[: len(split) // world_size]
     features, labels = tf.constant(split.features[rows]), tf.constant(split.labels[rows])
     count, steps = len(rows), math.ceil(len(rows) / batch_size)
     epochs = iter(range(1 << 62))
 
     def order():
-        yield np.random.default_rng([seed, next(epochs)]).permutation(count) if shuffle else np.arange(count)
+        yield np.random.default_rng([seed, next(epochs)]).permutation(count)
 
     def batches_of(indices):
         return tf.data.Dataset.range(steps).map(lambda i: indices[i * batch_size:(i + 1) * batch_size])

@@ -8,7 +8,6 @@ memory and shared with every trial; large data stays a Ray Dataset that streams 
 from __future__ import annotations
 
 import json
-import math
 from collections import Counter
 from dataclasses import replace
 
