@@ -147,9 +147,13 @@ def restore_tuner(job: Job, run_dir: str, data: DataHandle, callbacks: list):
     process replace the ones pickled with the experiment."""
     from ray import tune
 
+    from finetune.resume import SnapshotKeeper, repair_snapshot
+
+    repair_snapshot(storage.join(run_dir, TUNE_FOLDER))
     tuner = tune.Tuner.restore(storage.join(run_dir, TUNE_FOLDER), make_trainable(job, run_dir, data),
                                resume_unfinished=True, resume_errored=False, restart_errored=False)
-    tuner._local_tuner._run_config.callbacks = [*result_loggers(), *callbacks]  # no public way to set them again
+    # No public way to set them again.
+    tuner._local_tuner._run_config.callbacks = [*result_loggers(), SnapshotKeeper(storage.join(run_dir, TUNE_FOLDER)), *callbacks]
     return tuner
 
 
@@ -166,6 +170,8 @@ def result_loggers() -> list:
 def create_tuner(job: Job, run_dir: str, data: DataHandle, concurrency: int, callbacks: list):
     from ray import tune
     from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    from finetune.resume import SnapshotKeeper
 
     return tune.Tuner(
         make_trainable(job, run_dir, data),
@@ -192,7 +198,7 @@ def create_tuner(job: Job, run_dir: str, data: DataHandle, concurrency: int, cal
             name=TUNE_FOLDER,
             storage_path=run_dir,
             verbose=0,
-            callbacks=[*result_loggers(), *callbacks],
+            callbacks=[*result_loggers(), SnapshotKeeper(storage.join(run_dir, TUNE_FOLDER)), *callbacks],
             failure_config=tune.FailureConfig(max_failures=job.resources.max_failures),
             checkpoint_config=tune.CheckpointConfig(
                 num_to_keep=1, checkpoint_score_attribute=job.search.metric,

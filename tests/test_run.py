@@ -9,11 +9,10 @@ import signal
 
 import pyarrow.parquet as pq
 import pytest
+from conftest import write_job
 
 from finetune.job import load_job
 from finetune.runner import run_job
-
-from conftest import write_job
 
 pytestmark = pytest.mark.ray
 
@@ -105,3 +104,28 @@ def test_a_killed_trial_resumes_from_its_last_checkpoint(ray_session, tmp_path, 
     assert [r["epoch"] for r in table] == [1, 2, 3, 4]
     pids = {r["worker_pid"] for r in table}
     assert len(pids) == 2  # epochs 3 and 4 ran in a new process, from the epoch-2 checkpoint
+
+
+def test_what_a_killed_driver_leaves_in_the_snapshot_is_mended_before_resume(ray_session, tmp_path, tiny_job_text):
+    """The two kinds of damage a SIGKILLed driver can leave (finetune.resume), made by hand in a
+    real run folder, read in this Ray's real snapshot format: a searcher state cut to nothing, and
+    a snapshot naming a trial checkpoint that a newer one has already replaced."""
+    from finetune.resume import KEPT_FOLDER, repair_snapshot
+    from finetune.search import TUNE_FOLDER
+
+    summary, _ = run(tmp_path, tiny_job_text, ["search.num_samples=1", "train.epochs=2", "search.space={}"])
+    tune_dir = os.path.join(summary["run_dir"], TUNE_FOLDER)
+    kept = sorted(os.listdir(os.path.join(tune_dir, KEPT_FOLDER)))
+    assert [n.partition("state-")[0] for n in kept] == ["basic-variant-", "experiment_"]
+    searcher_state = os.path.join(tune_dir, kept[0])
+    open(searcher_state, "wb").close()
+
+    trial_dir = os.path.join(tune_dir, summary["trials"][0]["trial_id"])
+    named = max(n for n in os.listdir(trial_dir) if n.startswith("checkpoint_"))
+    newer = f"checkpoint_{int(named.rpartition('_')[2]) + 1:06d}"
+    os.rename(os.path.join(trial_dir, named), os.path.join(trial_dir, newer))
+
+    assert repair_snapshot(tune_dir) == [searcher_state, os.path.join(trial_dir, named)]
+    assert open(searcher_state, "rb").read() == open(os.path.join(tune_dir, KEPT_FOLDER, kept[0]), "rb").read() != b""
+    assert sorted(os.listdir(os.path.join(trial_dir, named))) == sorted(os.listdir(os.path.join(trial_dir, newer)))
+    assert repair_snapshot(tune_dir) == []

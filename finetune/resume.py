@@ -1,0 +1,125 @@
+"""What `--resume` needs from a run whose driver was killed: Tune's experiment snapshot, whole.
+
+Tune writes its snapshot (`experiment_state-*.json`, the searcher's `*-state-*.json`) in the
+driver's local staging folder, then copies it to the run's storage in a background thread, in
+place. A driver killed with SIGKILL can leave two kinds of damage behind, both seen in this
+project's tests on Ray 2.60:
+
+- a snapshot file cut short mid-copy (an empty searcher state: Tune then restores a trial with an
+  empty config);
+- a snapshot naming a trial checkpoint that no longer exists: Tune deletes a trial's older
+  checkpoint as soon as a newer one registers (`CheckpointConfig(num_to_keep)`) and writes the
+  snapshot a moment later ("Could not recover from checkpoint as it does not exist on storage
+  anymore").
+
+`SnapshotKeeper` keeps a second copy of each snapshot file, written whole (storage.write_bytes),
+and `repair_snapshot` mends both kinds before `Tuner.restore` reads the folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import re
+
+import pyarrow.fs as pafs
+from ray.tune import Callback
+
+from finetune import storage
+
+KEPT_FOLDER = "snapshot"  # inside the run's Tune folder
+_SNAPSHOT_FILE = re.compile(r"(experiment_state|.+-state)-.+\.json$")  # experiment_state-<t>.json, basic-variant-state-<t>.json
+
+
+class SnapshotKeeper(Callback):
+    """After each controller step, copies Tune's snapshot files that changed from the driver's
+    staging folder (where they are complete: Tune writes them there synchronously, before its
+    step ends) to `<tune folder>/snapshot/`, each file whole."""
+
+    def __init__(self, tune_dir: str):
+        self.kept_dir = storage.join(tune_dir, KEPT_FOLDER)
+        self.seen: dict[str, int] = {}
+
+    def on_step_end(self, iteration: int, trials: list, **info) -> None:
+        if not trials:
+            return
+        staging = trials[0].storage.experiment_driver_staging_path
+        if not os.path.isdir(staging):
+            return
+        for name in os.listdir(staging):
+            path = os.path.join(staging, name)
+            if not _SNAPSHOT_FILE.match(name) or not os.path.isfile(path):
+                continue
+            changed = os.stat(path).st_mtime_ns
+            if self.seen.get(name) == changed:
+                continue
+            with open(path, "rb") as snapshot:
+                storage.write_bytes(storage.join(self.kept_dir, name), snapshot.read())
+            self.seen[name] = changed
+
+
+def repair_snapshot(tune_dir: str) -> list[str]:
+    """Mend what a killed driver left in `tune_dir`, before Tune reads it. Returns what was mended."""
+    return [*_restore_cut_files(tune_dir), *_restore_missing_checkpoints(tune_dir)]
+
+
+def _restore_cut_files(tune_dir: str) -> list[str]:
+    """A snapshot file that does not read whole is replaced by its kept copy."""
+    kept_dir = storage.join(tune_dir, KEPT_FOLDER)
+    restored = []
+    for name in _file_names(kept_dir):
+        location = storage.join(tune_dir, name)
+        if storage.exists(location) and _readable(name, storage.read_bytes(location)):
+            continue
+        storage.write_bytes(location, storage.read_bytes(storage.join(kept_dir, name)))
+        restored.append(location)
+    return restored
+
+
+def _restore_missing_checkpoints(tune_dir: str) -> list[str]:
+    """A checkpoint the snapshot names that no longer exists is replaced by a copy of the newest
+    checkpoint its trial has. A checkpoint records its own epoch (train_loop.STATE_FILE), so the
+    trial resumes from where it really was, under the name Tune expects."""
+    snapshots = sorted(n for n in _file_names(tune_dir) if n.startswith("experiment_state-"))
+    if not snapshots:
+        return []
+    # Each trial's state is a JSON document holding its checkpoint manager pickled and
+    # hex-encoded, with every checkpoint's full path inside.
+    snapshot = json.loads(storage.read_bytes(storage.join(tune_dir, snapshots[-1])))
+    referenced = set()
+    for part in (part for trial in snapshot.get("trial_data", []) for part in trial):
+        for blob in re.findall(r'"value": "([0-9a-f]+)"', part):
+            referenced.update(re.findall(rb"([^/\x00-\x1f]+)/(checkpoint_\d{6})", bytes.fromhex(blob)))
+    fs, _ = storage.filesystem(tune_dir)
+    restored = []
+    for trial_dir, checkpoint in sorted(referenced):
+        trial_location = storage.join(tune_dir, trial_dir.decode())
+        existing = [n for n in storage.list_dirs(trial_location) if n.startswith("checkpoint_")]
+        if not existing or checkpoint.decode() in existing:
+            continue
+        newest, missing = storage.join(trial_location, max(existing)), storage.join(trial_location, checkpoint.decode())
+        storage.make_dirs(missing)
+        pafs.copy_files(storage.filesystem(newest)[1], storage.filesystem(missing)[1],
+                        source_filesystem=fs, destination_filesystem=fs)
+        restored.append(missing)
+    return restored
+
+
+def _file_names(location: str) -> list[str]:
+    fs, path = storage.filesystem(location)
+    infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    return sorted(i.base_name for i in infos if i.type == pafs.FileType.File and _SNAPSHOT_FILE.match(i.base_name))
+
+
+def _readable(name: str, data: bytes) -> bool:
+    """Whether a snapshot file is whole: experiment states are JSON, searcher states pickles
+    (despite their `.json` name)."""
+    try:
+        if name.startswith("experiment_state-"):
+            json.loads(data)
+        else:
+            pickle.loads(data)
+        return True
+    except Exception:
+        return False
