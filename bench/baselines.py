@@ -118,6 +118,39 @@ def plain_keras_epochs(epochs: int = 8, seed: int = 0) -> dict[str, list[float]]
     return {"epoch_seconds": list(timer.epoch_seconds), "train_seconds": list(timer.train_seconds)}
 
 
+def side_by_side_epochs(epochs: int = 8, seed: int = 0) -> dict[str, list[float]]:
+    """Our per-worker loop (train_loop.EpochTrainer, one worker) and `model.fit` on a model built
+    the same way, in this one process, epoch by epoch in turn: one `fit` call whose epoch-end
+    callback trains one epoch of our loop. Both see the same machine state, which separate
+    commands on a shared machine do not give.
+
+    Returns {"fit_train_seconds": [...], "loop_train_seconds": [...]}: each epoch's training
+    part, fit's from epoch begin to epoch end (no validation data), ours as it reports it."""
+    job, data = _load_workload()
+    import time
+
+    import keras
+
+    from finetune.train_loop import EpochTrainer
+
+    keras.utils.set_random_seed(seed)
+    model = _compiled_model(job.model_dump(mode="json"), {}, data)
+    trainer = EpochTrainer(job, data, seed=seed, rank=0, world_size=1)
+    fit_seconds, loop_seconds = [], []
+
+    class InTurn(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.started = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            fit_seconds.append(time.perf_counter() - self.started)
+            loop_seconds.append(trainer.train_epoch(epoch + 1)["train_seconds"])
+
+    model.fit(data.train.features, data.train.labels, batch_size=BATCH_SIZE, epochs=epochs,
+              callbacks=[InTurn()], verbose=0)
+    return {"fit_train_seconds": fit_seconds, "loop_train_seconds": loop_seconds}
+
+
 def plain_keras_epoch_seconds(epochs: int = 8, seed: int = 0) -> list[float]:
     """Each epoch's wall seconds, validation included (`plain_keras_epochs(...)["epoch_seconds"]`)."""
     return plain_keras_epochs(epochs, seed)["epoch_seconds"]
@@ -233,11 +266,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--directory", default=None, help="KerasTuner's folder (default: a temporary one)")
     parser.add_argument("--skip-tuner", action="store_true", help="time plain Keras only")
     parser.add_argument("--skip-plain", action="store_true", help="run KerasTuner only")
+    parser.add_argument("--side-by-side", action="store_true",
+                        help="also time our loop and fit in turn in this process (compare.py's figure 1c)")
     parser.add_argument("--json", action="store_true", help="end with one JSON line of the figures (for compare.py)")
     args = parser.parse_args(argv)
     figures: dict[str, Any] = {}
     if not args.skip_plain:
         figures["plain"] = _print_plain(args)
+    if args.side_by_side:
+        figures["side_by_side"] = side_by_side_epochs(args.epochs, args.seed)
+        print(f"in one process, in turn: fit {steady_median(figures['side_by_side']['fit_train_seconds']):.3f} s, "
+              f"our loop {steady_median(figures['side_by_side']['loop_train_seconds']):.3f} s per epoch", flush=True)
     if not args.skip_tuner:
         figures["tuner"] = _print_tuner(args)
     if args.json:
