@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import time
 
 import pyarrow.parquet as pq
 import pytest
@@ -52,6 +53,11 @@ resources: {{num_workers: 2, cpus_per_worker: 1}}
     # Every trial's Train workers and placement groups are gone.
     leftover = [pg for pg in placement_group_table().values() if pg["state"] != "REMOVED"]
     assert leftover == []
+    # The test evaluation ran as a Ray task just before the run returned; the cluster's resource
+    # view (GCS) learns of freed CPUs a moment after the raylet does.
+    deadline = time.monotonic() + 20
+    while ray.available_resources().get("CPU", 0) != ray.cluster_resources()["CPU"] and time.monotonic() < deadline:
+        time.sleep(0.2)
     assert ray.available_resources().get("CPU", 0) == ray.cluster_resources()["CPU"]
 
 
