@@ -94,8 +94,12 @@ def test_streaming_keeps_splits_lazy_and_deterministic(ray_session):
     assert data.streaming and isinstance(data.train, StreamSplit)
     total = len(data.train) + len(data.validation) + len(data.test)
     assert total == 1797 and 0.15 < len(data.validation) / total < 0.25
-    batch = data.train.dataset.take_batch(8, batch_format="numpy")
-    assert batch["features"].shape == (8, 64) and batch["label"].dtype == np.int32
+    streamed = list(data.train.dataset.iter_batches(batch_size=None, batch_format="numpy"))
+    assert sum(len(b["label"]) for b in streamed) == len(data.train)
+    assert streamed[0]["features"].shape[1:] == (64,) and streamed[0]["label"].dtype == np.int32
+    head = data.train.head(8)  # read by pyarrow in the driver, converted the same way
+    np.testing.assert_array_equal(head.features, streamed[0]["features"][:8])
+    np.testing.assert_array_equal(head.labels, streamed[0]["label"][:8])
     again = load(source=str(DATA / "digits.parquet"), in_memory=False, split={"validation": 0.2, "test": 0.2})
     assert len(again.validation) == len(data.validation)
     assert data.feature_mean.shape == (64,) and np.all(data.feature_variance >= 0)

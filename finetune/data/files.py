@@ -140,6 +140,53 @@ def read_table(files: Files):
     raise AssertionError(files.format)
 
 
+def first_rows(files: Files, rows: int):
+    """The schema and first rows of a table source, read with pyarrow in this process.
+
+    Not Ray Data's `schema()` or `take()`: those run an execution and stop it early by cancelling
+    its read tasks, and a cancel that races a finishing task crashes Ray 2.60's core worker
+    ("Check failed: it != submissible_tasks_.end()", ray-project/ray#54527), which took down a
+    submitted driver in CI."""
+    import pyarrow as pa
+
+    schema, batches, count = None, [], 0
+    for path in files.paths:
+        file_schema, file_batches = _record_batches(files, path)
+        schema = schema or file_schema
+        for batch in file_batches:
+            batches.append(batch)
+            count += batch.num_rows
+            if count >= rows:
+                break
+        if count >= rows:
+            break
+    return pa.Table.from_batches(batches, schema=schema).slice(0, rows)
+
+
+def _record_batches(files: Files, path: str):
+    """(schema, record batches) of one table file."""
+    import pyarrow as pa
+
+    if files.format == "parquet":
+        import pyarrow.parquet as pq
+
+        parquet = pq.ParquetFile(files.filesystem.open_input_file(path))
+        return parquet.schema_arrow, parquet.iter_batches(batch_size=256)
+    if files.format == "csv":
+        import pyarrow.csv as pacsv
+
+        reader = pacsv.open_csv(files.filesystem.open_input_stream(path))
+        return reader.schema, reader
+    with files.filesystem.open_input_file(path) as f:
+        data = f.read()
+    try:
+        reader = pa.ipc.open_file(pa.BufferReader(data))
+        return reader.schema, (reader.get_batch(i) for i in range(reader.num_record_batches))
+    except pa.ArrowInvalid:
+        table = pa.ipc.open_stream(pa.BufferReader(data)).read_all()
+        return table.schema, table.to_batches()
+
+
 def _arrow_ipc_datasource(paths: list[str], filesystem: pafs.FileSystem):
     """Arrow IPC (Feather v2) files: Ray Data has no reader of its own, so a file-based datasource
     that reads each file's record batches with pyarrow."""

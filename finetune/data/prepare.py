@@ -12,6 +12,7 @@ from collections import Counter
 from dataclasses import replace
 
 import numpy as np
+import pyarrow as pa
 
 from finetune.data import files as data_files
 from finetune.data.bundle import LoadedData, Split, StreamSplit, feature_statistics
@@ -30,6 +31,8 @@ from finetune.job import DatasetSpec
 
 # Data whose model inputs would take more than this stays on disk and streams.
 IN_MEMORY_LIMIT_BYTES = 1 << 30
+# How many rows the driver reads with pyarrow for the schema, image probing and pre-flight step.
+PREVIEW_ROWS = 256
 # How many bad rows an error message names.
 EXAMPLES = 3
 SPLITS = ("train", "validation", "test")
@@ -48,21 +51,23 @@ def load_files(spec: DatasetSpec, seed: int, task: str = "classification") -> Lo
 
     first = next(iter(resolved.values()))
     kind = "images" if first.format == "images" or spec.image_column else "table"
-    raw, conversion, class_names = {}, None, None
+    raw, first, conversion, class_names = {}, {}, None, None
     for name, found in resolved.items():
         if found.format == "images":
             paths, labels = data_files.image_folder_rows(found)
             class_names = sorted(set(class_names or []) | set(data_files.class_folders(found)))
-            dataset = ray.data.from_items([{"image": p, spec.label: c} for p, c in zip(paths, labels)],
-                                          override_num_blocks=max(1, min(64, len(paths) // 256)))
+            items = [{"image": p, spec.label: c} for p, c in zip(paths, labels)]
+            dataset = ray.data.from_items(items, override_num_blocks=max(1, min(64, len(paths) // 256)))
+            first[name] = pa.Table.from_pylist(items[:PREVIEW_ROWS])
             columns = {"image": "string", spec.label: "string"}
             image_column = "image"
         else:
-            dataset, columns = _open_table(found)
+            dataset, first[name] = _open_table(found)
+            columns = dict(zip(first[name].schema.names, first[name].schema.types))
             image_column = spec.image_column
         fingerprint[name]["schema"] = {column: str(kind) for column, kind in columns.items()}
         if conversion is None:
-            conversion = _conversion(spec, columns, image_column, found, dataset, name)
+            conversion = _conversion(spec, columns, image_column, found, first[name], name)
         raw[name] = dataset
     estimate = _estimated_bytes(resolved, conversion, kind)
     in_memory = spec.in_memory if spec.in_memory != "auto" else estimate <= IN_MEMORY_LIMIT_BYTES
@@ -74,7 +79,7 @@ def load_files(spec: DatasetSpec, seed: int, task: str = "classification") -> Lo
     if in_memory:
         data = _load_in_memory(spec, converted, conversion, seed, class_names, task)
     else:
-        data = _load_streaming(spec, converted, conversion, seed, class_names, raw, task)
+        data = _load_streaming(spec, converted, conversion, seed, class_names, raw, first, task)
     split_rows = {name: len(split) for name, split in (("train", data.train), ("validation", data.validation),
                                                         ("test", data.test)) if split is not None}
     return replace(data, fingerprint={"in_memory": in_memory, "sources": fingerprint, "split_rows": split_rows,
@@ -97,21 +102,20 @@ def _quiet_ray_data() -> None:
 
 
 def _open_table(found: data_files.Files):
-    """The lazy Ray Dataset of a table and its columns; unreadable files become a DataError."""
+    """The lazy Ray Dataset of a table and its first rows; unreadable files become a DataError."""
     try:
-        dataset = data_files.read_table(found)
-        schema = dataset.schema()
+        first = data_files.first_rows(found, PREVIEW_ROWS)
     except Exception as error:  # pyarrow raises ArrowInvalid, OSError... for unreadable files
         raise DataError(
             f"dataset.source: cannot read {found.location!r} as {found.format}: {_first_line(error)}. "
             f"Check that the file is a valid {found.format} file, or set dataset.format."
         ) from None
-    if schema is None:
+    if first.num_rows == 0:
         raise DataError(f"dataset.source: {found.location!r} holds no rows.")
-    return dataset, dict(zip(schema.names, schema.types))
+    return data_files.read_table(found), first
 
 
-def _conversion(spec: DatasetSpec, columns: dict, image_column: str | None, found, dataset, split: str) -> Conversion:
+def _conversion(spec: DatasetSpec, columns: dict, image_column: str | None, found, first, split: str) -> Conversion:
     names = list(columns)
     where = f"in {found.location!r}"
 
@@ -131,10 +135,7 @@ def _conversion(spec: DatasetSpec, columns: dict, image_column: str | None, foun
         require(image_column, "dataset.image_column")
         size, channels = spec.image_size, spec.channels
         if size is None or channels is None:
-            first = dataset.take(1)
-            if not first:
-                raise DataError(f"dataset.source: {found.location!r} holds no rows.")
-            value = first[0][image_column]
+            value = first.column(image_column)[0].as_py()
             root = found.uri(found.root)
             try:
                 probed_size, probed_channels = image_info(read_image_bytes(value, root) if isinstance(value, str) else value)
@@ -295,7 +296,7 @@ def _raise_problems(names, problems, count: int, split: str) -> None:
 # --- streaming -----------------------------------------------------------------------------------
 
 
-def _load_streaming(spec, converted, conversion, seed, class_names, raw, task) -> LoadedData:
+def _load_streaming(spec, converted, conversion, seed, class_names, raw, first, task) -> LoadedData:
     """Check every row once with Ray Data (in parallel, on the cluster); keep the splits lazy."""
     if "all" in converted:
         base = converted["all"]
@@ -312,9 +313,10 @@ def _load_streaming(spec, converted, conversion, seed, class_names, raw, task) -
                                               batch_format="numpy")
                        for name, (_, low, high, _) in filters.items()}
         sources = {name: raw["all"] for name in filters}
+        firsts = {name: first["all"] for name in filters}
     else:
         filters = {name: None for name in converted}
-        checked, sources = dict(converted), dict(raw)
+        checked, sources, firsts = dict(converted), dict(raw), dict(first)
     summaries = {name: _summarize(dataset, name) for name, dataset in checked.items()}
     skipped = 0
     for name, summary in summaries.items():
@@ -336,16 +338,22 @@ def _load_streaming(spec, converted, conversion, seed, class_names, raw, task) -
         if rows.get(name, 0) == 0:
             raise DataError(f"dataset.split: the {name} split is empty; use a larger fraction or more data.")
     # What trials read every epoch: one lean conversion from the raw rows to model inputs.
-    final = {name: StreamSplit(sources[name].map_batches(
-                 model_inputs_batch, fn_kwargs={"conversion": conversion, "classes": classes or None,
-                                                "split": filters[name]},
-                 batch_format="pyarrow", batch_size=None), rows[name])
+    arguments = {name: {"conversion": conversion, "classes": classes or None, "split": filters[name]} for name in checked}
+    final = {name: StreamSplit(sources[name].map_batches(model_inputs_batch, fn_kwargs=arguments[name],
+                                                         batch_format="pyarrow", batch_size=None),
+                               rows[name], _preview(firsts[name], arguments[name]))
              for name in checked if rows[name]}
     train = summaries["train"]
     mean = train["sum"] / train["count"]
     variance = np.maximum(train["sum_squares"] / train["count"] - mean**2, 0.0)
     return LoadedData(final["train"], final["validation"], final.get("test"), classes, train["shape"], mean, variance,
                       skipped_rows=skipped)
+
+
+def _preview(first: pa.Table, arguments: dict) -> Split:
+    """A split's first rows as model inputs, converted here from the rows the driver already read."""
+    batch = model_inputs_batch(first, **arguments)
+    return Split(np.asarray(batch["features"], np.float32), batch["label"])
 
 
 def _split_is(row: dict, name: str) -> bool:
