@@ -9,10 +9,8 @@ import os
 import tempfile
 
 from finetune import storage
-from finetune.data import LoadedData, Split
+from finetune.data import Split, StreamSplit
 from finetune.job import Job
-
-MODEL_FILE = "model.keras"
 
 
 def preflight_in_worker(job_dict: dict, data_handle) -> None:
@@ -24,46 +22,42 @@ def preflight_in_worker(job_dict: dict, data_handle) -> None:
     preflight(Job.model_validate(job_dict), ray.get(data_handle.ref))
 
 
-def evaluate_in_worker(model_path: str, job_dict: dict, data_handle) -> dict:
-    """The best model, loaded as any Keras user would load it, scored on the held-out test split."""
-    import ray
-
-    return evaluate_on_test(model_path, ray.get(data_handle.ref), Job.model_validate(job_dict))
-
-
-def evaluate_on_test(model_path: str, data: LoadedData, job: Job) -> dict:
+def evaluate_in_worker(model_path: str, job_dict: dict, test: Split | StreamSplit, num_classes: int,
+                       input_shape: tuple[int, ...]) -> dict:
+    """The best model, loaded as any Keras user would load it, scored on the held-out test split.
+    Only the test split travels here, not the whole data set."""
     import keras
 
     from finetune.optimization import label_encoding
 
+    job = Job.model_validate(job_dict)
     with tempfile.TemporaryDirectory() as directory:
-        local = storage.fetch_to_local(model_path, os.path.join(directory, MODEL_FILE))
+        local = storage.fetch_to_local(model_path, os.path.join(directory, os.path.basename(model_path)))
         model = keras.models.load_model(local)
     encoding = label_encoding(job.train.loss, job.model.task)
 
     def encode(labels):
         if encoding == "one_hot":
-            return keras.utils.to_categorical(labels, data.num_classes)
+            return keras.utils.to_categorical(labels, num_classes)
         if encoding in ("binary", "value"):
             return labels.reshape(-1, 1).astype("float32")
         return labels
 
-    if isinstance(data.test, Split):
-        scores = model.evaluate(data.test.features, encode(data.test.labels), batch_size=256, verbose=0,
-                                return_dict=True)
+    if isinstance(test, Split):
+        scores = model.evaluate(test.features, encode(test.labels), batch_size=256, verbose=0, return_dict=True)
     else:
         import tensorflow as tf
 
         def batches():
-            for batch in data.test.dataset.iter_batches(batch_size=256, batch_format="numpy"):
+            for batch in test.dataset.iter_batches(batch_size=256, batch_format="numpy"):
                 yield batch["features"], encode(batch["label"])
 
         label_spec = tf.TensorSpec(
-            (None, data.num_classes) if encoding == "one_hot" else (None, 1) if encoding in ("binary", "value") else (None,),
+            (None, num_classes) if encoding == "one_hot" else (None, 1) if encoding in ("binary", "value") else (None,),
             tf.int32 if encoding == "sparse" else tf.float32)
-        test = tf.data.Dataset.from_generator(batches, output_signature=(
-            tf.TensorSpec((None, *data.input_shape), tf.float32), label_spec))
+        batched = tf.data.Dataset.from_generator(batches, output_signature=(
+            tf.TensorSpec((None, *input_shape), tf.float32), label_spec))
         # A known length, so Keras does not warn that the generator "ran out of data".
-        test = test.apply(tf.data.experimental.assert_cardinality(math.ceil(len(data.test) / 256)))
-        scores = model.evaluate(test, verbose=0, return_dict=True)
+        batched = batched.apply(tf.data.experimental.assert_cardinality(math.ceil(len(test) / 256)))
+        scores = model.evaluate(batched, verbose=0, return_dict=True)
     return {name: float(value) for name, value in scores.items()}

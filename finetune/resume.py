@@ -23,7 +23,6 @@ import os
 import pickle
 import re
 
-import pyarrow.fs as pafs
 from ray.tune import Callback
 
 from finetune import storage
@@ -68,7 +67,7 @@ def _restore_cut_files(tune_dir: str) -> list[str]:
     """A snapshot file that does not read whole is replaced by its kept copy."""
     kept_dir = storage.join(tune_dir, KEPT_FOLDER)
     restored = []
-    for name in _file_names(kept_dir):
+    for name in _snapshot_files(kept_dir):
         location = storage.join(tune_dir, name)
         if storage.exists(location) and _readable(name, storage.read_bytes(location)):
             continue
@@ -81,7 +80,7 @@ def _restore_missing_checkpoints(tune_dir: str) -> list[str]:
     """A checkpoint the snapshot names that no longer exists is replaced by a copy of the newest
     checkpoint its trial has. A checkpoint records its own epoch (train_loop.STATE_FILE), so the
     trial resumes from where it really was, under the name Tune expects."""
-    snapshots = sorted(n for n in _file_names(tune_dir) if n.startswith("experiment_state-"))
+    snapshots = sorted(n for n in _snapshot_files(tune_dir) if n.startswith("experiment_state-"))
     if not snapshots:
         return []
     # Each trial's state is a JSON document holding its checkpoint manager pickled and
@@ -91,25 +90,20 @@ def _restore_missing_checkpoints(tune_dir: str) -> list[str]:
     for part in (part for trial in snapshot.get("trial_data", []) for part in trial):
         for blob in re.findall(r'"value": "([0-9a-f]+)"', part):
             referenced.update(re.findall(rb"([^/\x00-\x1f]+)/(checkpoint_\d{6})", bytes.fromhex(blob)))
-    fs, _ = storage.filesystem(tune_dir)
     restored = []
     for trial_dir, checkpoint in sorted(referenced):
         trial_location = storage.join(tune_dir, trial_dir.decode())
         existing = [n for n in storage.list_dirs(trial_location) if n.startswith("checkpoint_")]
         if not existing or checkpoint.decode() in existing:
             continue
-        newest, missing = storage.join(trial_location, max(existing)), storage.join(trial_location, checkpoint.decode())
-        storage.make_dirs(missing)
-        pafs.copy_files(storage.filesystem(newest)[1], storage.filesystem(missing)[1],
-                        source_filesystem=fs, destination_filesystem=fs)
+        missing = storage.join(trial_location, checkpoint.decode())
+        storage.copy_tree(storage.join(trial_location, max(existing)), missing)
         restored.append(missing)
     return restored
 
 
-def _file_names(location: str) -> list[str]:
-    fs, path = storage.filesystem(location)
-    infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
-    return sorted(i.base_name for i in infos if i.type == pafs.FileType.File and _SNAPSHOT_FILE.match(i.base_name))
+def _snapshot_files(location: str) -> list[str]:
+    return [name for name in storage.list_files(location) if _SNAPSHOT_FILE.match(name)]
 
 
 def _readable(name: str, data: bytes) -> bool:

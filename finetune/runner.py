@@ -18,6 +18,7 @@ from finetune import reports, storage
 from finetune.data import LoadedData, check_fits_workers, load_data
 from finetune.errors import UserError
 from finetune.job import Job, to_yaml
+from finetune.registry import SUMMARY_FILE
 from finetune.search import (
     TUNE_FOLDER,
     DataHandle,
@@ -28,7 +29,6 @@ from finetune.search import (
     restore_tuner,
 )
 
-SUMMARY_FILE = "summary.json"
 METRICS_FILE = "metrics.parquet"
 MODEL_FILE = "model.keras"
 
@@ -237,13 +237,11 @@ def evaluate_on_test(model_path: str, data: LoadedData, job: Job) -> dict | None
     """The best model scored on the held-out test split, in a Ray worker (see finetune.evaluation)."""
     if data.test is None:
         return None
-    import ray
-
     from finetune import ray_cluster
     from finetune.evaluation import evaluate_in_worker
 
-    return ray_cluster.run_in_worker(evaluate_in_worker, model_path, job.model_dump(mode="json"),
-                                     DataHandle(ray.put(data)))
+    return ray_cluster.run_in_worker(evaluate_in_worker, model_path, job.model_dump(mode="json"), data.test,
+                                     data.num_classes, data.input_shape)
 
 
 def _format_metrics(metrics: dict | None) -> str:

@@ -147,31 +147,31 @@ def restore_tuner(job: Job, run_dir: str, data: DataHandle, callbacks: list):
     process replace the ones pickled with the experiment."""
     from ray import tune
 
-    from finetune.resume import SnapshotKeeper, repair_snapshot
+    from finetune.resume import repair_snapshot
 
     repair_snapshot(storage.join(run_dir, TUNE_FOLDER))
     tuner = tune.Tuner.restore(storage.join(run_dir, TUNE_FOLDER), make_trainable(job, run_dir, data),
                                resume_unfinished=True, resume_errored=False, restart_errored=False)
-    # No public way to set them again.
-    tuner._local_tuner._run_config.callbacks = [*result_loggers(), SnapshotKeeper(storage.join(run_dir, TUNE_FOLDER)), *callbacks]
+    tuner._local_tuner._run_config.callbacks = run_callbacks(run_dir, callbacks)  # no public way to set them again
     return tuner
 
 
-def result_loggers() -> list:
-    """Tune's JSON and CSV result files (what metrics tables and resumes read). Its TensorBoard
-    logger, added by default, is left out: TensorFlow 2.21 ships no TensorBoard to read it, and it
-    costs the driver a write per result."""
+def run_callbacks(run_dir: str, callbacks: list) -> list:
+    """Every Tune callback of a run: Tune's JSON and CSV result files (what metrics tables and
+    resumes read), the keeper of whole snapshot copies (finetune.resume), then the caller's. Tune's
+    TensorBoard logger, added by default, is left out: TensorFlow 2.21 ships no TensorBoard to
+    read it, and it costs the driver a write per result."""
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
+    from finetune.resume import SnapshotKeeper
+
     os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
-    return [JsonLoggerCallback(), CSVLoggerCallback()]
+    return [JsonLoggerCallback(), CSVLoggerCallback(), SnapshotKeeper(storage.join(run_dir, TUNE_FOLDER)), *callbacks]
 
 
 def create_tuner(job: Job, run_dir: str, data: DataHandle, concurrency: int, callbacks: list):
     from ray import tune
     from ray.tune.search.basic_variant import BasicVariantGenerator
-
-    from finetune.resume import SnapshotKeeper
 
     return tune.Tuner(
         make_trainable(job, run_dir, data),
@@ -198,7 +198,7 @@ def create_tuner(job: Job, run_dir: str, data: DataHandle, concurrency: int, cal
             name=TUNE_FOLDER,
             storage_path=run_dir,
             verbose=0,
-            callbacks=[*result_loggers(), SnapshotKeeper(storage.join(run_dir, TUNE_FOLDER)), *callbacks],
+            callbacks=run_callbacks(run_dir, callbacks),
             failure_config=tune.FailureConfig(max_failures=job.resources.max_failures),
             checkpoint_config=tune.CheckpointConfig(
                 num_to_keep=1, checkpoint_score_attribute=job.search.metric,

@@ -45,11 +45,18 @@ def exists(location: str) -> bool:
 
 def list_dirs(location: str) -> list[str]:
     """Names of the folders directly inside `location` (none if it does not exist)."""
+    return _names(location, pafs.FileType.Directory)
+
+
+def list_files(location: str) -> list[str]:
+    """Names of the files directly inside `location` (none if it does not exist)."""
+    return _names(location, pafs.FileType.File)
+
+
+def _names(location: str, kind: pafs.FileType) -> list[str]:
     fs, path = filesystem(location)
-    if fs.get_file_info(path).type == pafs.FileType.NotFound:
-        return []
-    infos = fs.get_file_info(pafs.FileSelector(path, recursive=False))
-    return sorted(posixpath.basename(i.path) for i in infos if i.type == pafs.FileType.Directory)
+    infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True, recursive=False))
+    return sorted(posixpath.basename(i.path) for i in infos if i.type == kind)
 
 
 def make_dirs(location: str) -> None:
@@ -90,6 +97,15 @@ def copy_file(source: str, destination: str) -> None:
     source_fs, source_path = filesystem(source)
     destination_fs, destination_path = filesystem(destination)
     destination_fs.create_dir(posixpath.dirname(destination_path), recursive=True)
+    pafs.copy_files(source_path, destination_path, source_filesystem=source_fs,
+                    destination_filesystem=destination_fs)
+
+
+def copy_tree(source: str, destination: str) -> None:
+    """Copy a folder and everything in it to `destination`, which is created."""
+    source_fs, source_path = filesystem(source)
+    destination_fs, destination_path = filesystem(destination)
+    destination_fs.create_dir(destination_path, recursive=True)
     pafs.copy_files(source_path, destination_path, source_filesystem=source_fs,
                     destination_filesystem=destination_fs)
 
