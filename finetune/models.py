@@ -138,9 +138,16 @@ def builtin_base(name: str, spec: ModelSpec, input_shape: tuple) -> keras.Model:
         if len(input_shape) != 3:
             raise UserError(f"model.base: builtin:small_cnn needs images (height, width, channels); the data has "
                             f"shape {input_shape}. Use builtin:mlp for tabular data.")
+        # 3x3 convolutions and one 2x2 max-pool before the last. When the map left is small (4x4
+        # on 8x8 digits), the last convolution spans all of it, so each of its units sees the whole
+        # image and where its strokes are; a 3x3 one there let the head's global pooling throw that
+        # layout away. On digits, of the same 12 sampled configurations of the default search, 1
+        # reached 0.9 validation accuracy in 12 epochs with a 3x3 last layer, 8 with the whole-map one.
         x = inputs
         for i, filters in enumerate(spec.filters):
-            x = keras.layers.Conv2D(filters, 3, padding="same", activation="relu", name=f"conv{i + 1}")(x)
+            whole_map = i == len(spec.filters) - 1 and i > 0 and max(x.shape[1:3]) <= 4
+            kernel, padding = (tuple(x.shape[1:3]), "valid") if whole_map else (3, "same")
+            x = keras.layers.Conv2D(filters, kernel, padding=padding, activation="relu", name=f"conv{i + 1}")(x)
             if i == len(spec.filters) - 2 and min(x.shape[1:3]) >= 4:
                 x = keras.layers.MaxPooling2D(2, name="pool")(x)
         return keras.Model(inputs, x, name=BASE_LAYER)

@@ -64,6 +64,13 @@ def test_builtin_sizes_are_fields(digits):
     assert [d.units for d in mlp.get_layer("base").layers if isinstance(d, keras.layers.Dense)] == [12, 6]
 
 
+def test_small_cnn_last_convolution_spans_a_small_map(digits):
+    base = create_model(make_job(), digits).get_layer("base")
+    convs = [layer for layer in base.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert [c.kernel_size for c in convs] == [(3, 3), (3, 3), (4, 4)]  # 8x8 digits, pooled to 4x4
+    assert tuple(base.output.shape[1:3]) == (1, 1)
+
+
 def test_keras_application_without_weights_builds_and_trains(digits_rgb32):
     job = make_job(model={"base": "keras:MobileNetV3Small", "weights": "none", "head": {"units": [16]}},
                    train={"epochs": 1, "batch_size": 64})
