@@ -142,7 +142,8 @@ def _activation(name: str) -> str:
 class HeadSpec(_Strict):
     """The new classification (or regression) head put on top of the base."""
 
-    pooling: Literal["avg", "max", "flatten"] = "avg"
+    pooling: Literal["avg", "max", "flatten"] = Field(
+        "avg", description="of a base's feature map; builtin:small_cnn hands a map of 4x4 or less flattened")
     units: list[Annotated[int, Field(gt=0)]] = [64]
     dropout: float = Field(0.0, ge=0, lt=1)
     activation: str = "relu"

@@ -64,11 +64,10 @@ def test_builtin_sizes_are_fields(digits):
     assert [d.units for d in mlp.get_layer("base").layers if isinstance(d, keras.layers.Dense)] == [12, 6]
 
 
-def test_small_cnn_last_convolution_spans_a_small_map(digits):
+def test_small_cnn_hands_a_small_map_to_the_head_flattened(digits):
     base = create_model(make_job(), digits).get_layer("base")
-    convs = [layer for layer in base.layers if isinstance(layer, keras.layers.Conv2D)]
-    assert [c.kernel_size for c in convs] == [(3, 3), (3, 3), (4, 4)]  # 8x8 digits, pooled to 4x4
-    assert tuple(base.output.shape[1:3]) == (1, 1)
+    assert [type(layer).__name__ for layer in base.layers[1:]] == ["Conv2D", "Conv2D", "MaxPooling2D", "Conv2D", "Flatten"]
+    assert tuple(base.output.shape[1:]) == (4 * 4 * 64,)  # 8x8 digits, pooled to 4x4, 64 filters
 
 
 def test_keras_application_without_weights_builds_and_trains(digits_rgb32):
