@@ -218,13 +218,14 @@ def copy_best_checkpoint(result, trial_rows: list[dict], best_value: float, job:
     import pyarrow.fs as pafs
 
     from finetune.train_loop import MODEL_FILE as CHECKPOINT_MODEL
+    from finetune.train_to_tune import CHECKPOINT_PATH_KEY
 
     metric = job.search.metric
     tied = sorted((r for r in trial_rows if r.get(metric) == best_value), key=lambda r: -r["epoch"])
     kept_by_tune = {m.get("epoch"): c.path for c, m in (result.best_checkpoints or [])}
     fs, _ = storage.filesystem(run_dir)
     for row in tied:
-        for path in (kept_by_tune.get(row["epoch"]), row.get("checkpoint_path")):
+        for path in (kept_by_tune.get(row["epoch"]), row.get(CHECKPOINT_PATH_KEY)):
             if path and fs.get_file_info(f"{path.rstrip('/')}/{CHECKPOINT_MODEL}").type == pafs.FileType.File:
                 destination_fs, destination_path = storage.filesystem(destination)
                 pafs.copy_files(f"{path.rstrip('/')}/{CHECKPOINT_MODEL}", destination_path,

@@ -244,9 +244,10 @@ def run_ray_train(job: Job, loop_config: dict, run_dir: str, trial_id: str, data
     import ray
     import ray.train
     from ray.train.tensorflow import TensorflowTrainer
-    from ray.tune.integration.ray_train import TuneReportCallback
+    from ray.util.queue import Queue
 
     from finetune.train_loop import train_worker
+    from finetune.train_to_tune import ReportsToQueue, fit_reporting_to_tune
 
     os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = REPORT_POLL_INTERVAL_S
     resources = job.resources
@@ -254,6 +255,7 @@ def run_ray_train(job: Job, loop_config: dict, run_dir: str, trial_id: str, data
     if resources.use_gpu:
         per_worker["GPU"] = resources.gpus_per_worker
     loaded = ray.get(data.ref)
+    reports = Queue(actor_options={"num_cpus": 0})
     datasets = {"train": loaded.train.dataset, "validation": loaded.validation.dataset} if loaded.streaming else None
     trainer = TensorflowTrainer(
         train_loop_per_worker=train_worker,
@@ -265,7 +267,7 @@ def run_ray_train(job: Job, loop_config: dict, run_dir: str, trial_id: str, data
         run_config=ray.train.RunConfig(
             name=trial_id,
             storage_path=storage.join(run_dir, "trials"),
-            callbacks=[TuneReportCallback()],
+            callbacks=[ReportsToQueue(reports)],
             failure_config=ray.train.FailureConfig(max_failures=resources.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=1, checkpoint_score_attribute=job.search.metric,
@@ -273,7 +275,7 @@ def run_ray_train(job: Job, loop_config: dict, run_dir: str, trial_id: str, data
             ),
         ),
     )
-    trainer.fit()
+    fit_reporting_to_tune(trainer, reports)
 
 
 def raise_if_failed(trial_dir: str) -> None:
