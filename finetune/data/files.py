@@ -165,8 +165,6 @@ def first_rows(files: Files, rows: int):
 
 def _record_batches(files: Files, path: str):
     """(schema, record batches) of one table file."""
-    import pyarrow as pa
-
     if files.format == "parquet":
         import pyarrow.parquet as pq
 
@@ -178,31 +176,31 @@ def _record_batches(files: Files, path: str):
         reader = pacsv.open_csv(files.filesystem.open_input_stream(path))
         return reader.schema, reader
     with files.filesystem.open_input_file(path) as f:
-        data = f.read()
+        table = arrow_ipc_table(f.read())
+    return table.schema, table.to_batches()
+
+
+def arrow_ipc_table(data: bytes):
+    """An Arrow IPC file (Feather v2), or failing that an Arrow IPC stream, as a table."""
+    import pyarrow as pa
+
     try:
         reader = pa.ipc.open_file(pa.BufferReader(data))
-        return reader.schema, (reader.get_batch(i) for i in range(reader.num_record_batches))
+        return pa.Table.from_batches([reader.get_batch(i) for i in range(reader.num_record_batches)],
+                                     schema=reader.schema)
     except pa.ArrowInvalid:
-        table = pa.ipc.open_stream(pa.BufferReader(data)).read_all()
-        return table.schema, table.to_batches()
+        return pa.ipc.open_stream(pa.BufferReader(data)).read_all()
 
 
 def _arrow_ipc_datasource(paths: list[str], filesystem: pafs.FileSystem):
     """Arrow IPC (Feather v2) files: Ray Data has no reader of its own, so a file-based datasource
     that reads each file's record batches with pyarrow."""
-    import pyarrow as pa
     from ray.data.datasource import FileBasedDatasource
 
     class ArrowIPCDatasource(FileBasedDatasource):
         _FILE_EXTENSIONS = ["arrow", "feather", "ipc"]
 
         def _read_stream(self, f, path: str):
-            data = f.read()
-            try:
-                reader = pa.ipc.open_file(pa.BufferReader(data))
-                yield pa.Table.from_batches([reader.get_batch(i) for i in range(reader.num_record_batches)],
-                                            schema=reader.schema)
-            except pa.ArrowInvalid:
-                yield pa.ipc.open_stream(pa.BufferReader(data)).read_all()
+            yield arrow_ipc_table(f.read())
 
     return ArrowIPCDatasource(paths, filesystem=filesystem)

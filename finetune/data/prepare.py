@@ -51,23 +51,23 @@ def load_files(spec: DatasetSpec, seed: int, task: str = "classification") -> Lo
 
     first = next(iter(resolved.values()))
     kind = "images" if first.format == "images" or spec.image_column else "table"
-    raw, first, conversion, class_names = {}, {}, None, None
+    raw, previews, conversion, class_names = {}, {}, None, None
     for name, found in resolved.items():
         if found.format == "images":
             paths, labels = data_files.image_folder_rows(found)
             class_names = sorted(set(class_names or []) | set(data_files.class_folders(found)))
             items = [{"image": p, spec.label: c} for p, c in zip(paths, labels)]
             dataset = ray.data.from_items(items, override_num_blocks=max(1, min(64, len(paths) // 256)))
-            first[name] = pa.Table.from_pylist(items[:PREVIEW_ROWS])
+            previews[name] = pa.Table.from_pylist(items[:PREVIEW_ROWS])
             columns = {"image": "string", spec.label: "string"}
             image_column = "image"
         else:
-            dataset, first[name] = _open_table(found)
-            columns = dict(zip(first[name].schema.names, first[name].schema.types))
+            dataset, previews[name] = _open_table(found)
+            columns = dict(zip(previews[name].schema.names, previews[name].schema.types))
             image_column = spec.image_column
         fingerprint[name]["schema"] = {column: str(kind) for column, kind in columns.items()}
         if conversion is None:
-            conversion = _conversion(spec, columns, image_column, found, first[name], name)
+            conversion = _conversion(spec, columns, image_column, found, previews[name], name)
         raw[name] = dataset
     estimate = _estimated_bytes(resolved, conversion, kind)
     in_memory = spec.in_memory if spec.in_memory != "auto" else estimate <= IN_MEMORY_LIMIT_BYTES
@@ -79,7 +79,7 @@ def load_files(spec: DatasetSpec, seed: int, task: str = "classification") -> Lo
     if in_memory:
         data = _load_in_memory(spec, converted, conversion, seed, class_names, task)
     else:
-        data = _load_streaming(spec, converted, conversion, seed, class_names, raw, first, task)
+        data = _load_streaming(spec, converted, conversion, seed, class_names, raw, previews, task)
     split_rows = {name: len(split) for name, split in (("train", data.train), ("validation", data.validation),
                                                         ("test", data.test)) if split is not None}
     return replace(data, fingerprint={"in_memory": in_memory, "sources": fingerprint, "split_rows": split_rows,
@@ -296,7 +296,7 @@ def _raise_problems(names, problems, count: int, split: str) -> None:
 # --- streaming -----------------------------------------------------------------------------------
 
 
-def _load_streaming(spec, converted, conversion, seed, class_names, raw, first, task) -> LoadedData:
+def _load_streaming(spec, converted, conversion, seed, class_names, raw, previews, task) -> LoadedData:
     """Check every row once with Ray Data (in parallel, on the cluster); keep the splits lazy."""
     if "all" in converted:
         base = converted["all"]
@@ -313,10 +313,10 @@ def _load_streaming(spec, converted, conversion, seed, class_names, raw, first, 
                                               batch_format="numpy")
                        for name, (_, low, high, _) in filters.items()}
         sources = {name: raw["all"] for name in filters}
-        firsts = {name: first["all"] for name in filters}
+        first_rows = {name: previews["all"] for name in filters}
     else:
         filters = {name: None for name in converted}
-        checked, sources, firsts = dict(converted), dict(raw), dict(first)
+        checked, sources, first_rows = dict(converted), dict(raw), dict(previews)
     summaries = {name: _summarize(dataset, name) for name, dataset in checked.items()}
     skipped = 0
     for name, summary in summaries.items():
@@ -341,7 +341,7 @@ def _load_streaming(spec, converted, conversion, seed, class_names, raw, first, 
     arguments = {name: {"conversion": conversion, "classes": classes or None, "split": filters[name]} for name in checked}
     final = {name: StreamSplit(sources[name].map_batches(model_inputs_batch, fn_kwargs=arguments[name],
                                                          batch_format="pyarrow", batch_size=None),
-                               rows[name], _preview(firsts[name], arguments[name]))
+                               rows[name], _preview(first_rows[name], arguments[name]))
              for name in checked if rows[name]}
     train = summaries["train"]
     mean = train["sum"] / train["count"]
