@@ -1,30 +1,19 @@
-"""The job file: its schema, loading (`extends:`, `--set`) and validation.
+"""The job file's schema: what a job file may contain.
 
 The pydantic models below are the contract. Every field has a type and a default, so a job states
-only what differs, and `finetune validate` reports every problem at once with its field path.
-Nothing here imports Ray or TensorFlow: validating a job takes milliseconds.
+only what differs. Rules that tie one field to another, and the translation of pydantic's errors
+into problems a person reads, are in `finetune.job.validation`. Nothing here imports Ray or
+TensorFlow: validating a job takes milliseconds.
 """
 
 from __future__ import annotations
 
-import copy
-import difflib
 import re
-from pathlib import Path
-from typing import Annotated, Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union, get_args
 
-import yaml
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from finetune import keras_names, search_space
-from finetune.errors import JobError, Problem
+from finetune import keras_names
 
 EMBEDDED_DATASETS = ("digits", "breast_cancer", "wine", "iris", "diabetes")
 BUILTIN_MODELS = ("small_cnn", "mlp")
@@ -63,14 +52,14 @@ class SplitSpec(_Strict):
         return self
 
 
-FORMATS = ("parquet", "csv", "arrow", "images")
+Format = Literal["parquet", "csv", "arrow", "images"]
 
 
 class SourceSpec(_Strict):
     """Files of one split, when train, validation and test come separately."""
 
     source: str = Field(min_length=1)
-    format: Optional[Literal["parquet", "csv", "arrow", "images"]] = None
+    format: Optional[Format] = None
 
 
 def _fraction(value: Any) -> Any:
@@ -89,7 +78,7 @@ class DatasetSpec(_Strict):
     that pyarrow opens (file://, s3://, gs://, hdfs://), with credentials from the environment."""
 
     source: Optional[str] = Field(None, description="files, a folder, a glob, a URI, or sklearn:NAME")
-    format: Optional[Literal["parquet", "csv", "arrow", "images"]] = None
+    format: Optional[Format] = None
     label: str = "label"
     features: Optional[list[str]] = Field(None, description="default: every column but the label")
     image_column: Optional[str] = Field(None, description="a table column of image paths or encoded images")
@@ -239,7 +228,6 @@ class FineTuneSpec(_Strict):
     learning_rate_scale: float = Field(0.1, gt=0, le=1)
 
 
-SCHEDULES = ("constant", "cosine", "exponential", "step")
 REGRESSION_LOSSES = ("mean_squared_error", "mse", "mean_absolute_error", "mae", "huber", "log_cosh",
                      "mean_squared_logarithmic_error", "msle", "mean_absolute_percentage_error", "mape")
 REGRESSION_METRICS = ("mean_absolute_error", "mae", "mean_squared_error", "mse", "mean_absolute_percentage_error",
@@ -418,284 +406,7 @@ def reported_metrics(metrics: list[str]) -> list[str]:
     return names + [f"val_{n}" for n in names]
 
 
-# --- loading -------------------------------------------------------------------------------------
-
-
-def load_job(path: str | Path, overrides: list[str] = ()) -> Job:
-    """Read a job file, resolve `extends:`, apply `--set path=value` overrides and validate."""
-    path = Path(path)
-    raw = read_job_dict(path)
-    for override in overrides:
-        dotted, value = parse_override(override)
-        raw = set_path(raw, dotted, value)
-    return validate_job_dict(raw, source=str(path))
-
-
-def read_job_dict(path: Path, _seen: tuple[Path, ...] = ()) -> dict:
-    """The job as a plain dict, with its `extends:` chain merged (the child wins)."""
-    resolved = path.resolve()
-    if resolved in _seen:
-        chain = " -> ".join(str(p) for p in (*_seen, resolved))
-        raise JobError(str(path), [Problem("extends", str(path), f"expected no cycle; found {chain}")])
-    if not path.is_file():
-        raise JobError(str(path), [Problem("", str(path), "expected an existing job file (YAML)")])
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise JobError(str(path), [Problem("", "invalid YAML", f"expected valid YAML: {error}")]) from None
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise JobError(str(path), [Problem("", data, "expected a mapping of fields at the top level")])
-    parent = data.pop("extends", None)
-    if parent is None:
-        return data
-    if not isinstance(parent, str):
-        raise JobError(str(path), [Problem("extends", parent, "expected the path of another job file")])
-    base = read_job_dict(path.parent / parent, (*_seen, resolved))
-    return deep_merge(base, data)
-
-
-def deep_merge(base: dict, update: dict) -> dict:
-    """Mappings merge key by key; anything else (lists included) in `update` replaces."""
-    merged = copy.deepcopy(base)
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict) and key != "space":
-            merged[key] = deep_merge(merged[key], value)
-        else:
-            merged[key] = copy.deepcopy(value)
-    return merged
-
-
-def parse_override(text: str) -> tuple[str, Any]:
-    """`train.epochs=3` -> ("train.epochs", 3); the value is read as YAML."""
-    dotted, sep, value = text.partition("=")
-    if not sep or not dotted.strip():
-        raise JobError(
-            "--set", [Problem("--set", text, "expected PATH=VALUE, for example --set train.epochs=3")]
-        )
-    try:
-        return dotted.strip(), yaml.safe_load(value)
-    except yaml.YAMLError as error:
-        raise JobError("--set", [Problem(dotted, value, f"expected a YAML value: {error}")]) from None
-
-
-def split_path(dotted: str) -> list[str]:
-    """Field path to keys. Search-space keys are dotted paths themselves: `search.space.train.lr`
-    addresses the single key `train.lr` of `search.space`."""
-    if dotted.startswith("search.space."):
-        return ["search", "space", dotted[len("search.space."):]]
-    return dotted.split(".")
-
-
-def set_path(data: dict, dotted: str, value: Any) -> dict:
-    """A copy of `data` with the field at `dotted` set to `value`, creating mappings on the way."""
-    result = copy.deepcopy(data)
-    node = result
-    keys = split_path(dotted)
-    for key in keys[:-1]:
-        if not isinstance(node.get(key), dict):
-            node[key] = {}
-        node = node[key]
-    node[keys[-1]] = value
-    return result
-
-
-def validate_job_dict(raw: dict, source: str = "<job>") -> Job:
-    """A validated Job, or a JobError listing every problem with its path, value and expectation."""
-    problems: list[Problem] = []
-    try:
-        job = Job.model_validate(raw)
-    except ValidationError as error:
-        job = None
-        problems.extend(_problems_from(error, raw))
-    problems.extend(_space_problems(raw))
-    if job is not None:
-        problems.extend(_cross_field_problems(job))
-    if problems:
-        raise JobError(source, problems)
-    return job
-
-
-def _cross_field_problems(job: Job) -> list[Problem]:
-    """Rules that tie one field to another."""
-    problems = []
-    reported = reported_metrics(job.train.metrics)
-    if job.search.metric not in reported:
-        problems.append(Problem(
-            "search.metric", job.search.metric,
-            f"expected a metric the trials report: {', '.join(reported)} (add it to train.metrics)",
-        ))
-    grace = getattr(job.search.scheduler, "grace_period", None)
-    if grace is not None and grace > job.train.epochs:
-        problems.append(Problem(
-            "search.scheduler.grace_period", grace,
-            f"expected at most train.epochs ({job.train.epochs}); lower grace_period or raise epochs",
-        ))
-    if job.resources.executor == "in_trial" and job.resources.num_workers > 1:
-        problems.append(Problem(
-            "resources.executor", "in_trial",
-            f"expected ray_train or auto with num_workers {job.resources.num_workers}: in_trial runs one worker",
-        ))
-    fine_tune = job.train.fine_tune
-    if fine_tune is not None and fine_tune.after_epoch >= job.train.epochs:
-        problems.append(Problem("train.fine_tune.after_epoch", fine_tune.after_epoch,
-                                f"expected fewer than train.epochs ({job.train.epochs}), so phase 2 has epochs"))
-    if fine_tune is not None and job.model.freeze == "none":
-        problems.append(Problem("train.fine_tune", "phase 2 with model.freeze: none",
-                                "expected model.freeze: all or {top_trainable: K}: phase 2 unfreezes what phase 1 froze"))
-    if job.train.warmup_epochs >= job.train.epochs:
-        problems.append(Problem("train.warmup_epochs", job.train.warmup_epochs,
-                                f"expected fewer than train.epochs ({job.train.epochs})"))
-    for flag in ("mixed_precision", "jit_compile"):
-        if getattr(job.train, flag) and not job.resources.use_gpu:
-            problems.append(Problem(f"train.{flag}", True, (
-                "expected resources.use_gpu: true; on CPUs float16 math is emulated and XLA compilation of "
-                "these small steps costs more than it saves, so the run would only be slower")))
-    if job.model.task == "regression":
-        if job.train.loss not in REGRESSION_LOSSES:
-            problems.append(Problem("train.loss", job.train.loss,
-                                    f"expected a regression loss with model.task regression: {', '.join(REGRESSION_LOSSES)}"))
-        wrong = [m for m in job.train.metrics if m not in REGRESSION_METRICS]
-        if wrong:
-            problems.append(Problem("train.metrics", wrong,
-                                    f"expected regression metrics with model.task regression: {', '.join(REGRESSION_METRICS)}"))
-    elif job.train.loss in REGRESSION_LOSSES:
-        problems.append(Problem("train.loss", job.train.loss,
-                                "expected a classification loss; for a numeric target set model.task: regression"))
-    if job.train.batch_size < job.resources.num_workers:
-        problems.append(Problem(
-            "train.batch_size", job.train.batch_size,
-            f"expected at least resources.num_workers ({job.resources.num_workers}): it is the global batch",
-        ))
-    return problems
-
-
-def _space_problems(raw: dict) -> list[Problem]:
-    """Each search-space entry: a known domain with sane bounds, at a field that exists, with every
-    value it can take valid for that field."""
-    space = (raw.get("search") or {}).get("space") if isinstance(raw.get("search"), dict) else None
-    if not isinstance(space, dict):
-        return []
-    problems = []
-    for dotted, spec in space.items():
-        where = f"search.space.{dotted}"
-        try:
-            domain = search_space.parse_domain(spec)
-        except ValueError as error:
-            problems.append(Problem(where, spec, str(error)))
-            continue
-        for other, _ in domain.when:
-            if other not in space and _field_exists(other):
-                problems.append(Problem(f"{where}.when", other, f"expected a search-space entry or a field: {_field_exists(other)}"))
-        field_problem = _field_exists(dotted)
-        if field_problem:
-            problems.append(Problem(where, dotted, field_problem))
-            continue
-        for value in domain.values_to_check():
-            candidate = set_path(raw, dotted, value)
-            candidate.get("search", {}).pop("space", None)
-            try:
-                Job.model_validate(candidate)
-            except ValidationError as error:
-                for problem in _problems_from(error, candidate):
-                    if problem.path == dotted or problem.path.startswith(dotted + "."):
-                        problems.append(Problem(where, value, problem.expected))
-                        break
-    try:
-        for dotted, what in search_space.check_conditions(space):
-            problems.append(Problem(f"search.space.{dotted}.when", space[dotted].get("when"), what))
-    except ValueError:
-        pass  # malformed entries are reported above
-    return problems
-
-
-# Only these sections may vary from trial to trial: the data set is loaded and split once per run,
-# and the search and resources sections describe the run itself.
-SEARCHABLE_SECTIONS = ("model", "train")
-
-
-def _field_exists(dotted: str) -> str | None:
-    """None if `dotted` names a searchable field of the job, else what is wrong."""
-    keys = dotted.split(".")
-    if keys[0] not in SEARCHABLE_SECTIONS:
-        return f"expected a field under {' or '.join(SEARCHABLE_SECTIONS)}: only those vary between trials"
-    model: type[BaseModel] | None = Job
-    for i, key in enumerate(keys):
-        if model is None:
-            return None  # inside a free-form mapping: any key is allowed
-        fields = model.model_fields
-        if key not in fields:
-            return _unknown_key_message(key, list(fields), ".".join(keys[:i]) or "the job")
-        model = _as_model(fields[key].annotation)
-    if model is not None:
-        return "expected a single field, not a whole section; name a field inside it"
-    return None
-
-
-def _as_model(annotation: Any) -> type[BaseModel] | None:
-    return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
-
-
-def _unknown_key_message(key: str, known: list[str], parent: str) -> str:
-    close = difflib.get_close_matches(key, known, n=1)
-    hint = f"did you mean {close[0]!r}? " if close else ""
-    return f"unknown field {key!r} in {parent}; {hint}expected one of: {', '.join(known)}"
-
-
-def _problems_from(error: ValidationError, raw: dict) -> list[Problem]:
-    problems = []
-    for item in error.errors():
-        loc = [str(part) for part in item["loc"]]
-        # Discriminated unions add the tag to the location: scheduler.asha.grace_period.
-        if len(loc) >= 3 and loc[:2] == ["search", "scheduler"] and loc[2] in {"asha", "hyperband", "median", "none"}:
-            loc = loc[:2] + loc[3:]
-        path = ".".join(loc)
-        kind = item["type"]
-        got = item.get("input")
-        if kind == "extra_forbidden":
-            parent = ".".join(loc[:-1])
-            model = _model_at(loc[:-1], raw)
-            known = list(model.model_fields) if model else []
-            expected = _unknown_key_message(loc[-1], known, parent or "the job")
-        elif kind == "missing":
-            expected = "expected this required field to be set"
-            got = "nothing"
-        elif kind == "union_tag_invalid":
-            expected = "expected scheduler type one of: asha, hyperband, median, none"
-            got = (got or {}).get("type") if isinstance(got, dict) else got
-            path = "search.scheduler.type"
-        else:
-            message = item["msg"]
-            message = re.sub(r"^Value error, ", "", message)
-            message = re.sub(r"^Input should be ", "expected ", message)
-            message = re.sub(r"^String should match pattern .*", "expected letters, digits, '_', '-' or '.', starting with a letter or digit", message)
-            expected = message if message.startswith("expected") else f"expected {message[0].lower()}{message[1:]}"
-        if isinstance(got, dict) and path == "":
-            got = "the job"
-        problems.append(Problem(path, got, expected))
-    return problems
-
-
-SCHEDULERS = {"asha": AshaScheduler, "hyperband": HyperbandScheduler, "median": MedianScheduler, "none": NoScheduler}
-
-
-def _model_at(loc: list[str], raw: dict) -> type[BaseModel] | None:
-    """The schema model at a location of the raw job, for listing the fields it accepts."""
-    model: type[BaseModel] | None = Job
-    node: Any = raw
-    for key in loc:
-        node = node.get(key) if isinstance(node, dict) else None
-        if model is None or key not in model.model_fields:
-            return None
-        if key == "scheduler":
-            kind = node if isinstance(node, str) else (node or {}).get("type") if isinstance(node, dict) else None
-            model = SCHEDULERS.get(kind)
-        else:
-            model = _as_model(model.model_fields[key].annotation)
-    return model
-
-
-def to_yaml(job: Job) -> str:
-    """The fully resolved job, as a file that reproduces it."""
-    return yaml.safe_dump(job.model_dump(mode="json"), sort_keys=False)
+def scheduler_types() -> dict[str, type[BaseModel]]:
+    """`search.scheduler.type` -> its model, from the `Scheduler` union itself."""
+    members = get_args(get_args(Scheduler)[0])
+    return {get_args(m.model_fields["type"].annotation)[0]: m for m in members}

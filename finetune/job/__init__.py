@@ -1,0 +1,18 @@
+"""The job file: what it may contain (`schema`), how it is read (`loading`: `extends:`, `--set`),
+and how it is checked (`validation`: every problem at once, with its field path)."""
+
+from finetune.job.dotted import set_path
+from finetune.job.loading import load_job, parse_override, to_yaml
+from finetune.job.schema import (
+    AugmentSpec,
+    DatasetSpec,
+    HeadSpec,
+    Job,
+    ModelSpec,
+    SearchSpec,
+    TrainSpec,
+)
+from finetune.job.validation import validate_job_dict
+
+__all__ = ["AugmentSpec", "DatasetSpec", "HeadSpec", "Job", "ModelSpec", "SearchSpec", "TrainSpec",
+           "load_job", "parse_override", "set_path", "to_yaml", "validate_job_dict"]

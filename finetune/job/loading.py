@@ -1,0 +1,66 @@
+"""Reading a job file: YAML, its `extends:` chain, `--set` overrides, then validation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from finetune.errors import JobError, Problem
+from finetune.job.dotted import deep_merge, set_path
+from finetune.job.schema import Job
+from finetune.job.validation import validate_job_dict
+
+
+def load_job(path: str | Path, overrides: list[str] = ()) -> Job:
+    """Read a job file, resolve `extends:`, apply `--set path=value` overrides and validate."""
+    path = Path(path)
+    raw = read_job_dict(path)
+    for override in overrides:
+        dotted, value = parse_override(override)
+        raw = set_path(raw, dotted, value)
+    return validate_job_dict(raw, source=str(path))
+
+
+def read_job_dict(path: Path, _seen: tuple[Path, ...] = ()) -> dict:
+    """The job as a plain dict, with its `extends:` chain merged (the child wins)."""
+    resolved = path.resolve()
+    if resolved in _seen:
+        chain = " -> ".join(str(p) for p in (*_seen, resolved))
+        raise JobError(str(path), [Problem("extends", str(path), f"expected no cycle; found {chain}")])
+    if not path.is_file():
+        raise JobError(str(path), [Problem("", str(path), "expected an existing job file (YAML)")])
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise JobError(str(path), [Problem("", "invalid YAML", f"expected valid YAML: {error}")]) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise JobError(str(path), [Problem("", data, "expected a mapping of fields at the top level")])
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    if not isinstance(parent, str):
+        raise JobError(str(path), [Problem("extends", parent, "expected the path of another job file")])
+    base = read_job_dict(path.parent / parent, (*_seen, resolved))
+    return deep_merge(base, data)
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`train.epochs=3` -> ("train.epochs", 3); the value is read as YAML."""
+    dotted, sep, value = text.partition("=")
+    if not sep or not dotted.strip():
+        raise JobError(
+            "--set", [Problem("--set", text, "expected PATH=VALUE, for example --set train.epochs=3")]
+        )
+    try:
+        return dotted.strip(), yaml.safe_load(value)
+    except yaml.YAMLError as error:
+        raise JobError("--set", [Problem(dotted, value, f"expected a YAML value: {error}")]) from None
+
+
+def to_yaml(job: Job) -> str:
+    """The fully resolved job, as a file that reproduces it."""
+    return yaml.safe_dump(job.model_dump(mode="json"), sort_keys=False)
