@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from finetune.errors import UserError
+from finetune.errors import RunFailedError, UserError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,13 +66,16 @@ def main(argv: list[str] | None = None) -> int:
 
         job = load_job(args.job, args.overrides)
         if args.command == "validate":
+            from finetune.job import check_inputs_exist
+
+            check_inputs_exist(job, args.job)
             print(f"{args.job}: valid ({job.search.num_samples} samples, executor {job.executor})")
             return 0
         from finetune.runner import run_job
 
         run_job(job, address=args.address, verbose=args.verbose, resume=args.resume)
         return 0
-    except UserError as error:
+    except (UserError, RunFailedError) as error:
         print(f"error: {error}", file=sys.stderr)
         return error.exit_code
 

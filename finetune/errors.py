@@ -47,10 +47,22 @@ class DataError(UserError):
     """Data that cannot be used as given (missing file, bad column, empty split...)."""
 
 
-class NonFiniteLossError(RuntimeError):
-    """A trial's loss became NaN or infinite: the trial fails, the sweep goes on."""
+class RunFailedError(Exception):
+    """A run that did not produce what it promises: every trial failed, so there is no model. Its
+    summary is written; the message gives each distinct reason once. Exit code 2 when every
+    failure was a user error (the job or its files must change), else 1."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+    def __reduce__(self):
+        return (type(self), (str(self), self.exit_code))
 
 
 def _short(value: object, limit: int = 80) -> str:
+    """A value as the message shows it: whole for strings up to a long path's length, cut short
+    otherwise (a value may be a whole section, or megabytes from a hostile file)."""
     text = repr(value)
+    limit = 400 if isinstance(value, str) else limit
     return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 
 from finetune.search import Capacity
 
@@ -61,45 +62,70 @@ def capacity(started_here: bool = True) -> Capacity:
     )
 
 
-def check_storage_reachable(location: str, capacity: Capacity) -> None:
-    """On a cluster of several nodes, a local storage path must be a mount that every node
-    shares: Train workers on any node write checkpoints there. A marker file written here must be
-    visible from a task on every node, or the run stops before it starts."""
-    import secrets
-
+def check_reachable(storage_location: str, inputs: dict[str, str], capacity: Capacity) -> None:
+    """On a cluster of several nodes, every local path a run uses must be one that every node sees
+    at the same path: Train workers on any node write checkpoints under the storage path, and Ray
+    Data tasks and trials on any node read the data and model files. The storage path is checked
+    with a marker file written here, each input by looking for it, from a task on every node; the
+    run stops before it starts if a node is blind to any of them. Files under `ray job submit
+    --working-dir` pass: Ray unpacks the working directory at the same path on every node."""
     from finetune import storage
     from finetune.errors import UserError
 
-    if capacity.nodes <= 1 or not storage.is_local(location):
+    if capacity.nodes <= 1:
         return
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    path = location.removeprefix("file://")
-    created = not os.path.exists(path)
-    os.makedirs(path, exist_ok=True)
-    marker = os.path.join(path, f".finetune-reachable-{secrets.token_hex(4)}")
-    with open(marker, "w") as out:
-        out.write("written by the finetune driver to check that every node sees this folder\n")
+    marker = None
+    if storage.is_local(storage_location):
+        path = storage_location.removeprefix("file://")
+        created = path  # the outermost folder made here, removed again below
+        while not os.path.exists(os.path.dirname(created)):
+            created = os.path.dirname(created)
+        created = created if not os.path.exists(created) else None
+        os.makedirs(path, exist_ok=True)
+        marker = os.path.join(path, f".finetune-reachable-{secrets.token_hex(4)}")
+        with open(marker, "w") as out:
+            out.write("written by the finetune driver to check that every node sees this folder\n")
+    looked_for = {**({"storage_path": marker} if marker else {}), **inputs}
+    if not looked_for:
+        return
     try:
         nodes = [n for n in ray.nodes() if n.get("Alive")]
-        probe = ray.remote(num_cpus=0)(_marker_visible)
+        probe = ray.remote(num_cpus=0)(_paths_visible)
         seen = ray.get([
-            probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(marker)
+            probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(
+                list(looked_for.values()))
             for n in nodes
         ])
     finally:
-        os.remove(marker)
-        if created and not os.listdir(path):
-            os.rmdir(path)
-    blind = [f"{n['NodeManagerAddress']} ({n['NodeID'][:8]})" for n, ok in zip(nodes, seen) if not ok]
-    if blind:
-        raise UserError(
-            f"storage_path: {location} is a local folder that {len(blind)} of the cluster's {len(nodes)} nodes "
-            f"cannot see ({', '.join(blind)}); their Train workers could not write checkpoints there. Use "
-            f"object storage (s3://bucket/path, gs://bucket/path) or a mount shared by every node at the same path."
-        )
+        if marker:
+            os.remove(marker)
+            folder = os.path.dirname(marker)
+            while created and not os.listdir(folder):  # the folders made for the marker, if still empty
+                os.rmdir(folder)
+                if folder == created:
+                    break
+                folder = os.path.dirname(folder)
+    problems = []
+    for i, field in enumerate(looked_for):
+        blind = [f"{n['NodeManagerAddress']} ({n['NodeID'][:8]})" for n, visible in zip(nodes, seen) if not visible[i]]
+        if not blind:
+            continue
+        if field == "storage_path":
+            what = f"{storage_location} is a local folder"
+            why = "their Train workers could not write checkpoints there"
+        else:
+            what, why = f"{looked_for[field]} is a local path", "trials and data tasks there could not read it"
+        problems.append(f"{field}: {what} that {len(blind)} of the cluster's {len(nodes)} nodes cannot see "
+                        f"({', '.join(blind)}); {why}.")
+    if problems:
+        raise UserError("\n".join(problems) + "\nUse object storage (s3://bucket/path, gs://bucket/path), a mount "
+                        "shared by every node at the same path, or, for inputs, files under the job's --working-dir.")
 
 
-def _marker_visible(marker: str) -> bool:
-    return os.path.exists(marker)
+def _paths_visible(paths: list[str]) -> list[bool]:
+    import glob
+
+    return [os.path.exists(path) or bool(glob.glob(path)) for path in paths]

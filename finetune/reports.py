@@ -1,5 +1,5 @@
 """What a run tells its user: live progress lines, the per-epoch metrics table (Parquet), the
-trial outcomes, `summary.json` and the final table of trials."""
+trial outcomes and the final table of trials."""
 
 from __future__ import annotations
 
@@ -36,6 +36,7 @@ class TrialOutcome:
     best_epoch: int | None
     error: str | None = None
     node_ip: str | None = None
+    failure_kind: str | None = None  # for failed trials: finetune.failures' kind, or None (retries ran out)
 
 
 def short_trial_name(trial_id: str) -> str:
@@ -54,9 +55,11 @@ def _format_value(value: Any) -> str:
     return json.dumps(value) if isinstance(value, (list, dict)) else str(value)
 
 
-def make_progress_printer(job, num_trials: int, out=None):
+def make_progress_printer(job, num_trials: int, run_dir: str, out=None):
     """A Tune callback printing one line per trial event and epoch, with the best so far."""
     from ray.tune import Callback
+
+    from finetune.failures import read_failure
 
     metric, mode, epochs = job.search.metric, job.search.mode, job.train.epochs
 
@@ -96,6 +99,10 @@ def make_progress_printer(job, num_trials: int, out=None):
             )
 
         def on_trial_complete(self, iteration, trials, trial, **info):
+            failure = read_failure(storage.join(run_dir, "trials", trial.trial_id))
+            if failure is not None:  # failed for good: the trial ended without raising (finetune.failures)
+                self._print(f"trial {short_trial_name(trial.trial_id)} failed: {failure['reason']}")
+                return
             done = (trial.last_result or {}).get("epoch", 0)
             how = "completed" if done >= epochs else f"stopped early by {job.search.scheduler.type}"
             self._print(f"trial {short_trial_name(trial.trial_id)} {how} after {done} epochs")
@@ -168,12 +175,14 @@ def write_parquet(table: pa.Table, location: str) -> None:
     storage.write_bytes(location, buffer.getvalue())
 
 
-def trial_outcomes(results, job, failure_reasons: dict[str, str]) -> list[TrialOutcome]:
+def trial_outcomes(results, job, failures: dict[str, dict]) -> list[TrialOutcome]:
+    """Each trial's status, epochs, best metric and, when it failed, why: from its failure marker
+    (finetune.failures) or the error Tune kept after its last retry."""
     metric, mode, epochs = job.search.metric, job.search.mode, job.train.epochs
     outcomes = []
     for result in results:
         frame = result.metrics_dataframe
-        trial_id = _trial_id(result)
+        trial_id = result_trial_id(result)
         best_metric = best_epoch = None
         done = 0
         node_ip = None
@@ -185,18 +194,20 @@ def trial_outcomes(results, job, failure_reasons: dict[str, str]) -> list[TrialO
                 done = int(values["epoch"].max())
             if "node_ip" in frame:
                 node_ip = str(frame["node_ip"].iloc[-1])
-        if result.error is not None or trial_id in failure_reasons:
-            status = "failed"
-            error = failure_reasons.get(trial_id) or error_line(result.error)
+        failure_kind = None
+        if trial_id in failures:
+            status, error, failure_kind = "failed", failures[trial_id]["reason"], failures[trial_id].get("kind")
+        elif result.error is not None:
+            status, error = "failed", error_line(result.error)
         else:
             status = "completed" if done >= epochs else "stopped_early"
             error = None
         outcomes.append(TrialOutcome(trial_id, status, done, (result.config or {}).get("space", {}),
-                                     best_metric, best_epoch, error, node_ip))
+                                     best_metric, best_epoch, error, node_ip, failure_kind))
     return sorted(outcomes, key=lambda o: o.trial_id)
 
 
-def _trial_id(result) -> str:
+def result_trial_id(result) -> str:
     return str(result.metrics.get("trial_id") or result.path.rstrip("/").rpartition("/")[2])
 
 

@@ -16,7 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 from finetune import reports, storage
 from finetune.data import LoadedData, check_fits_workers, load_data
-from finetune.errors import UserError
+from finetune.errors import RunFailedError, UserError
+from finetune.failures import USER_ERROR, trial_failures
 from finetune.job import Job, to_yaml
 from finetune.registry import SUMMARY_FILE
 from finetune.search import (
@@ -24,7 +25,6 @@ from finetune.search import (
     DataHandle,
     count_trials,
     create_tuner,
-    failure_reasons,
     plan_concurrency,
     restore_tuner,
 )
@@ -81,6 +81,9 @@ def _run(job: Job, run_dir: str | None, address, verbose: bool, out, callbacks) 
 
     # 1. Everything that can be wrong with the input, before anything is written.
     from finetune import ray_cluster
+    from finetune.job import check_inputs_exist, local_inputs
+
+    check_inputs_exist(job, f"job {job.name!r}")
 
     # Ray starts first: file sources are read by Ray Data, and TensorFlow work runs in Ray workers,
     # so this driver never imports TensorFlow (it stays light on a cluster's head node).
@@ -89,6 +92,8 @@ def _run(job: Job, run_dir: str | None, address, verbose: bool, out, callbacks) 
         # Ray starts its processes.
         loading = ThreadPoolExecutor(1).submit(load_data, job.dataset, job.seed, job.model.task)
     capacity = ray_cluster.connect(address, verbose=verbose, dashboard=job.executor == "ray_train")
+    ray_cluster.check_reachable(storage.join(storage.absolute(job.storage_path), job.name), local_inputs(job),
+                                capacity)
     import ray
 
     data = loading.result() if job.dataset.embedded else load_data(job.dataset, job.seed, job.model.task)
@@ -100,7 +105,6 @@ def _run(job: Job, run_dir: str | None, address, verbose: bool, out, callbacks) 
     num_trials = count_trials(job.search)
     concurrency = plan_concurrency(job, capacity, num_trials, streaming=data.streaming,
                                    local=capacity.started_here)
-    ray_cluster.check_storage_reachable(storage.join(storage.absolute(job.storage_path), job.name), capacity)
 
     # 2. The run folder: <storage_path>/<name>/<run id>/
     resuming = run_dir is not None
@@ -125,9 +129,13 @@ def _run(job: Job, run_dir: str | None, address, verbose: bool, out, callbacks) 
     # trial's traceback is kept in its error.txt; the progress line and the summary give the reason.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")
+    # A trial that fails for good ends without raising and with no report of its metric
+    # (finetune.failures); Tune's check that every result has the metric would refuse its end.
+    # Trials that train report the metric every epoch: the job validates it is one they report.
+    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     logging.getLogger("ray.tune.tune").setLevel(logging.CRITICAL)  # "Trials did not complete: [...]"
 
-    progress = reports.make_progress_printer(job, num_trials, out)
+    progress = reports.make_progress_printer(job, num_trials, run_dir, out)
     if resuming:
         tuner = restore_tuner(job, run_dir, handle, [progress, *callbacks])
     else:
@@ -146,13 +154,14 @@ def new_run_dir(job: Job) -> str:
 
 
 def finish_run(job: Job, run_dir: str, results: list, data: LoadedData, started: float, out, capacity) -> dict:
-    outcomes = reports.trial_outcomes(results, job, failure_reasons(run_dir))
+    outcomes = reports.trial_outcomes(results, job, trial_failures(run_dir))
     rows = reports.metrics_rows(results, list(job.search.space))
     reports.write_parquet(reports.metrics_table(rows), storage.join(run_dir, METRICS_FILE))
 
     summary: dict = {
         "name": job.name,
         "run_dir": run_dir,
+        "status": "finished",
         "metric": job.search.metric,
         "mode": job.search.mode,
         "num_trials": len(outcomes),
@@ -178,7 +187,7 @@ def finish_run(job: Job, run_dir: str, results: list, data: LoadedData, started:
     if candidates:
         pick = max if job.search.mode == "max" else min
         best = pick(candidates, key=lambda o: o.best_metric)
-        result = next(r for r in results if reports._trial_id(r) == best.trial_id)
+        result = next(r for r in results if reports.result_trial_id(r) == best.trial_id)
         model_path = storage.join(run_dir, MODEL_FILE)
         best_row = copy_best_checkpoint(result, [r for r in rows if r["trial_id"] == best.trial_id],
                                         best.best_metric, job, run_dir, model_path)
@@ -190,6 +199,8 @@ def finish_run(job: Job, run_dir: str, results: list, data: LoadedData, started:
             model_path=model_path,
             test_metrics=evaluate_on_test(model_path, data, job),
         )
+    else:
+        summary["status"] = "failed"
     storage.write_json(storage.join(run_dir, SUMMARY_FILE), summary)
 
     print("", file=out)
@@ -200,13 +211,36 @@ def finish_run(job: Job, run_dir: str, results: list, data: LoadedData, started:
         f"in {summary['wall_seconds']:.0f}s",
         file=out,
     )
+    failed = [o for o in outcomes if o.status == "failed"]
+    reasons = list(dict.fromkeys(o.error for o in failed))  # each distinct reason once, in trial order
+    if failed and candidates:
+        print(f"{len(failed)} of {len(outcomes)} trials failed:", file=out)
+        for reason in reasons:
+            print(f"  - {reason}", file=out)
     if summary["best_trial_id"]:
         print(f"best: trial {reports.short_trial_name(summary['best_trial_id'])} epoch {summary['best_epoch']} "
               f"{job.search.metric} {summary['best_metrics'][job.search.metric]:.4f}; "
               f"test {_format_metrics(summary['test_metrics'])}", file=out)
         print(f"model: {summary['model_path']}", file=out)
     print(f"summary: {storage.join(run_dir, SUMMARY_FILE)}", file=out, flush=True)
+    if not candidates:
+        raise _no_model_error(run_dir, job, failed, reasons)
     return summary
+
+
+def _no_model_error(run_dir: str, job: Job, failed: list, reasons: list[str]) -> RunFailedError:
+    """The run produced no model: every reason once, and exit code 2 when only the job or its
+    files can fix it."""
+    user_errors = bool(failed) and all(o.failure_kind == USER_ERROR for o in failed)
+    why = [f"  - {reason}" for reason in reasons] or [f"  - no trial reported {job.search.metric}"]
+    if user_errors:
+        fix = "Fix the job or the files it names, then run it again."
+    elif any(o.failure_kind is None for o in failed):
+        fix = f"Each trial's error.txt under {storage.join(run_dir, TUNE_FOLDER)} has the whole traceback."
+    else:  # every loss became NaN or infinite
+        fix = "Lower train.learning_rate (or its search range), or clip gradients with train.clipnorm."
+    return RunFailedError("\n".join([f"run {run_dir}: every trial failed, so there is no model:", *why, fix]),
+                          exit_code=UserError.exit_code if user_errors else 1)
 
 
 def copy_best_checkpoint(result, trial_rows: list[dict], best_value: float, job: Job, run_dir: str,

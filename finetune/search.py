@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from finetune import storage
-from finetune.errors import NonFiniteLossError, UserError
+from finetune.errors import UserError
+from finetune.failures import USER_ERROR, read_failure, record_failure
 from finetune.job import Job, SearchSpec, set_path, validate_job_dict
 from finetune.search_space import parse_space, to_tune_space
 
@@ -218,23 +219,31 @@ def trial_job(job_dict: dict, sampled: dict[str, Any]) -> Job:
 
 
 def run_trial(config: dict, *, job_dict: dict, run_dir: str, data: DataHandle) -> None:
-    """One Tune trial: train the sampled configuration, reporting every epoch to Tune."""
+    """One Tune trial: train the sampled configuration, reporting every epoch to Tune.
+
+    A failure that would only repeat (a user error such as a missing file or a layer the base does
+    not have, or a loss that became NaN) is recorded in the trial's failure marker and the trial
+    ends: Tune does not retry it. Anything else (a killed process, a lost node) raises, and Tune
+    restarts the trial from its last checkpoint, up to `resources.max_failures` times."""
     import ray.tune
 
     started_at = time.time()
     trial_id = ray.tune.get_context().get_trial_id()
     trial_dir = storage.join(run_dir, "trials", trial_id)
-    raise_if_failed(trial_dir)  # a retried trial whose loss went non-finite stays failed
-    job = trial_job(job_dict, config["space"])
-    loop_config = {"job": job.model_dump(mode="json"), "seed": config["seed"], "data": data,
-                   "trial_dir": trial_dir, "trial_started_at": started_at}
-    if job.executor == "in_trial":
-        from finetune.train_loop import TuneTrialSession, run_worker_loop
+    if read_failure(trial_dir) is not None:
+        return  # already failed for good (a restored run): nothing to redo
+    try:
+        job = trial_job(job_dict, config["space"])
+        loop_config = {"job": job.model_dump(mode="json"), "seed": config["seed"], "data": data,
+                       "trial_dir": trial_dir, "trial_started_at": started_at}
+        if job.executor == "in_trial":
+            from finetune.train_loop import TuneTrialSession, run_worker_loop
 
-        run_worker_loop(loop_config, TuneTrialSession())
-        return
-    run_ray_train(job, loop_config, run_dir, trial_id, data)
-    raise_if_failed(trial_dir)
+            run_worker_loop(loop_config, TuneTrialSession())
+        else:
+            run_ray_train(job, loop_config, run_dir, trial_id, data)
+    except UserError as error:
+        record_failure(trial_dir, str(error), USER_ERROR)
 
 
 def run_ray_train(job: Job, loop_config: dict, run_dir: str, trial_id: str, data: DataHandle) -> None:
@@ -276,24 +285,3 @@ def run_ray_train(job: Job, loop_config: dict, run_dir: str, trial_id: str, data
         ),
     )
     fit_reporting_to_tune(trainer, reports)
-
-
-def raise_if_failed(trial_dir: str) -> None:
-    from finetune.train_loop import FAILURE_FILE
-
-    marker = storage.join(trial_dir, FAILURE_FILE)
-    if storage.exists(marker):
-        raise NonFiniteLossError(storage.read_json(marker)["reason"])
-
-
-def failure_reasons(run_dir: str) -> dict[str, str]:
-    """trial id -> why it failed, for trials whose loss went non-finite."""
-    from finetune.train_loop import FAILURE_FILE
-
-    trials = storage.join(run_dir, "trials")
-    reasons = {}
-    for trial_id in storage.list_dirs(trials):
-        marker = storage.join(trials, trial_id, FAILURE_FILE)
-        if storage.exists(marker):
-            reasons[trial_id] = storage.read_json(marker)["reason"]
-    return reasons

@@ -24,10 +24,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-from finetune import storage  # noqa: E402
 from finetune.data import LoadedData  # noqa: E402
 from finetune.data.feed import Batches, worker_batches  # noqa: E402
-from finetune.errors import NonFiniteLossError, UserError  # noqa: E402
+from finetune.errors import UserError  # noqa: E402
+from finetune.failures import NON_FINITE, USER_ERROR, record_failure  # noqa: E402
 from finetune.job import Job  # noqa: E402
 from finetune.optimization import (  # noqa: E402
     create_loss,
@@ -39,8 +39,6 @@ from finetune.optimization import (  # noqa: E402
 
 MODEL_FILE = "model.keras"
 STATE_FILE = "state.json"
-FAILURE_FILE = "failure.json"
-
 
 
 # --- where the loop runs -------------------------------------------------------------------------
@@ -97,8 +95,13 @@ class TuneTrialSession:
 
 
 def train_worker(config: dict) -> None:
-    """Entry point for `TensorflowTrainer(train_loop_per_worker=train_worker)`."""
-    run_worker_loop(config, RayTrainSession())
+    """Entry point for `TensorflowTrainer(train_loop_per_worker=train_worker)`. A user error (the
+    same on every worker: a missing file, a layer the base lacks) is recorded and the run ends, so
+    that Ray Train does not restart the workers to meet it again."""
+    try:
+        run_worker_loop(config, RayTrainSession())
+    except UserError as error:
+        record_failure(config["trial_dir"], str(error), USER_ERROR)
 
 
 def run_worker_loop(config: dict, session) -> None:
@@ -130,13 +133,11 @@ def run_worker_loop(config: dict, session) -> None:
             metrics["startup_seconds"] = first_step_at - config["trial_started_at"]
         bad = [k for k in ("loss", "val_loss") if not math.isfinite(metrics[k])]
         if bad:
-            reason = f"{bad[0]} became {metrics[bad[0]]} at epoch {epoch}"
+            # Every rank sees the same all-reduced loss and stops here; the trial reads the marker.
             if session.world_rank == 0:
-                storage.write_json(storage.join(config["trial_dir"], FAILURE_FILE),
-                                   {"reason": reason, "epoch": epoch, "metrics": metrics})
-            if isinstance(session, TuneTrialSession):
-                raise NonFiniteLossError(reason)
-            return  # every rank sees the same all-reduced loss and stops here; the trial reads the marker
+                record_failure(config["trial_dir"], f"{bad[0]} became {metrics[bad[0]]} at epoch {epoch}",
+                               NON_FINITE, epoch=epoch, metrics=metrics)
+            return
         with tempfile.TemporaryDirectory(prefix="finetune-ckpt-") as directory:
             saved = trainer.save(directory, epoch) if session.world_rank == 0 else None
             session.report(metrics, saved)

@@ -42,3 +42,62 @@ resources: {{num_workers: 3, cpus_per_worker: 0.5}}
     assert "dataset.split: the validation split has 2 rows, fewer than resources.num_workers (3)" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def relative_project(tmp_path, epochs: int, space: str = "{}"):
+    """A job folder with a relative model file and relative data, and another working directory."""
+    from test_relative_paths import make_project
+
+    folder, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    make_project(folder)
+    write_job(folder, f"""
+name: relative
+dataset: {{source: data/digits.parquet}}
+model: {{base: models/base.keras, cut_at: features, freeze: all, head: {{units: [32]}}}}
+train: {{epochs: {epochs}, batch_size: 64, learning_rate: 1.0e-2}}
+search: {{num_samples: 2, scheduler: none, space: {space}}}
+""")
+    elsewhere.mkdir()
+    return folder, elsewhere
+
+
+def test_a_run_whose_trials_all_fail_on_a_user_error_exits_2_with_the_reason_once(tmp_path):
+    # The job itself is sound (the pre-flight step passes); each trial's sampled layer is not.
+    folder, elsewhere = relative_project(tmp_path, epochs=2, space="{model.cut_at: {choice: [nope]}}")
+    result = subprocess.run([sys.executable, "-m", "finetune", "run", "../project/job.yaml"], cwd=elsewhere,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "every trial failed, so there is no model" in result.stderr
+    assert result.stderr.count("model.cut_at: no layer 'nope'") == 1  # two trials, one reason, said once
+    assert "Fix the job or the files it names" in result.stderr and "Traceback" not in result.stderr
+    summary = json.loads(next((elsewhere / "runs" / "relative").glob("*/summary.json")).read_text())
+    assert summary["status"] == "failed" and summary["num_failed"] == 2 and summary["model_path"] is None
+
+
+def test_a_killed_run_resumes_from_a_third_directory_and_finds_the_same_files(tmp_path):
+    """A driver killed with every process it started (as a pod is): `finetune resume RUN` from
+    another directory reads the job's absolute paths and finishes the run."""
+    import os
+    import signal
+
+    folder, elsewhere = relative_project(tmp_path, epochs=30)
+    driver = subprocess.Popen([sys.executable, "-m", "finetune", "run", "../project/job.yaml", "--set",
+                               "search.num_samples=1"], cwd=elsewhere, stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+    for line in driver.stdout:
+        if "epoch 3/30" in line:
+            break
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait()
+    run_dir = next((elsewhere / "runs" / "relative").iterdir())
+    assert not (run_dir / "summary.json").exists()
+    third = tmp_path / "third"
+    third.mkdir()
+    resumed = subprocess.run([sys.executable, "-m", "finetune", "resume", str(run_dir)], cwd=third,
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["trials"][0]["epochs"] == 30
+    epochs = pq.read_table(run_dir / "metrics.parquet").column("epoch").to_pylist()
+    assert epochs == list(range(1, 31))
+    assert not list(third.iterdir())  # nothing written where the resume ran

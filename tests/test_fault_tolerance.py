@@ -128,7 +128,8 @@ resources: {{num_workers: 2, cpus_per_worker: 0.5, max_failures: 3}}
 
 
 def test_a_killed_driver_resumes_and_nothing_is_lost_or_run_twice(cluster, tmp_path):
-    job_file = write_job(tmp_path, (JOBS / "iris-csv.yaml").read_text().replace("name: iris-csv", "name: killed"))
+    job_file = write_job(tmp_path, (JOBS / "iris-csv.yaml").read_text().replace("name: iris-csv", "name: killed")
+                         .replace("../data/", f"{REPO / 'data'}/"))  # copied out of jobs/: its data path made absolute
     arguments = ["--set", f"storage_path={tmp_path / 'runs'}", "--set", "search.num_samples=4",
                  "--set", "train.epochs=40", "--set", "search.scheduler=none", "--address", cluster.address]
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
@@ -190,6 +191,14 @@ def test_a_local_storage_path_that_a_node_cannot_see_is_refused(cluster, tmp_pat
         with pytest.raises(UserError, match=r"storage_path: .* is a local folder that 1 of the cluster's 4 nodes cannot see"):
             run_job(job, address=cluster.address, out=io.StringIO())
         assert list(hidden.iterdir()) == []
+        # An input file the job names is looked for from every node the same way.
+        hidden_data = hidden / "iris.csv"
+        hidden_data.write_bytes((REPO / "data" / "iris.csv").read_bytes())
+        job = load_job(JOBS / "iris-csv.yaml", [f"storage_path={tmp_path / 'runs'}", f"dataset.source={hidden_data}"])
+        with pytest.raises(UserError, match=r"dataset.source: .*iris.csv is a local path that 1 of the cluster's "
+                                            r"4 nodes cannot see"):
+            run_job(job, address=cluster.address, out=io.StringIO())
+        hidden_data.unlink()
     finally:
         os.killpg(node.pid, signal.SIGTERM)
         node.wait(timeout=60)

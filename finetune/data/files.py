@@ -58,7 +58,7 @@ def resolve(location: str, field: str, format: str | None) -> Files:
         info = filesystem.get_file_info(path)
         if info.type == pafs.FileType.NotFound:
             raise DataError(f"{field}: no file or folder at {location!r} (looked for {path}). "
-                            "Check the path; relative paths start from the current directory.")
+                            "Check the path; a relative path in a job file starts from the job file's folder.")
         if info.type == pafs.FileType.File:
             infos, root = [info], posixpath.dirname(path)
         else:

@@ -3,6 +3,7 @@ and how it is checked (`validation`: every problem at once, with its field path)
 
 from finetune.job.dotted import set_path
 from finetune.job.loading import load_job, parse_override, to_yaml
+from finetune.job.paths import check_inputs_exist, local_inputs
 from finetune.job.schema import (
     AugmentSpec,
     DatasetSpec,
@@ -15,4 +16,5 @@ from finetune.job.schema import (
 from finetune.job.validation import validate_job_dict
 
 __all__ = ["AugmentSpec", "DatasetSpec", "HeadSpec", "Job", "ModelSpec", "SearchSpec", "TrainSpec",
-           "load_job", "parse_override", "set_path", "to_yaml", "validate_job_dict"]
+           "check_inputs_exist", "load_job", "local_inputs", "parse_override", "set_path", "to_yaml",
+           "validate_job_dict"]

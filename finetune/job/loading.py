@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -9,17 +10,20 @@ import yaml
 
 from finetune.errors import JobError, Problem
 from finetune.job.dotted import deep_merge, set_path
+from finetune.job.paths import DEFAULT_STORAGE, resolve_paths
 from finetune.job.schema import Job
 from finetune.job.validation import validate_job_dict
 
 
 def load_job(path: str | Path, overrides: list[str] = ()) -> Job:
-    """Read a job file, resolve `extends:`, apply `--set path=value` overrides and validate."""
+    """Read a job file, resolve `extends:`, apply `--set path=value` overrides and validate. Every
+    path in the job comes out absolute (finetune.job.paths)."""
     path = Path(path)
     raw = read_job_dict(path)
     for override in overrides:
         dotted, value = parse_override(override)
-        raw = set_path(raw, dotted, value)
+        raw = set_path(raw, dotted, resolve_paths(value, os.getcwd(), at=dotted))
+    raw.setdefault("storage_path", os.path.abspath(DEFAULT_STORAGE))
     return validate_job_dict(raw, source=str(path))
 
 
@@ -40,6 +44,7 @@ def read_job_dict(path: Path, _seen: tuple[Path, ...] = ()) -> dict:
     if not isinstance(data, dict):
         raise JobError(str(path), [Problem("", data, "expected a mapping of fields at the top level")])
     parent = data.pop("extends", None)
+    data = resolve_paths(data, os.path.abspath(path.parent))
     if parent is None:
         return data
     if not isinstance(parent, str):

@@ -74,7 +74,7 @@ def _fraction(value: Any) -> Any:
 
 
 class DatasetSpec(_Strict):
-    """Where the data is and how to read it. Paths are relative to the current directory, or URIs
+    """Where the data is and how to read it. Paths are relative to the job file's folder, or URIs
     that pyarrow opens (file://, s3://, gs://, hdfs://), with credentials from the environment."""
 
     source: Optional[str] = Field(None, description="files, a folder, a glob, a URI, or sklearn:NAME")
@@ -385,7 +385,9 @@ class ResourcesSpec(_Strict):
 class Job(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)
     seed: int = 0
-    storage_path: str = "runs"
+    storage_path: str = Field("runs", description=(
+        "where runs go, <storage_path>/<name>/<run id>/: a folder (relative to the job file; runs/ of the "
+        "working directory when unset) or a pyarrow URI (s3://, gs://)"))
     dataset: DatasetSpec = DatasetSpec()
     model: ModelSpec = ModelSpec()
     train: TrainSpec = TrainSpec()
