@@ -43,7 +43,7 @@ OPTIMIZERS = ("adam", "sgd", "rmsprop")  # train.optimizer: {choice: [adam, sgd,
 def _load_workload(job_file: str | os.PathLike = JOB_FILE) -> tuple[Any, Any]:
     """The job and its loaded splits, exactly as the runner loads them (TensorFlow imported
     quietly first, since finetune.models imports Keras)."""
-    from finetune.train_loop import import_tensorflow_quietly
+    from quiet import import_tensorflow_quietly
 
     import_tensorflow_quietly()
     from finetune.data import load_data
@@ -58,7 +58,7 @@ def _compiled_model(job_dict: dict, sampled: dict[str, Any], data: Any):
     values, as a Tune trial's configuration does."""
     from finetune.models import create_model
     from finetune.optimization import create_optimizer
-    from finetune.search import trial_job
+    from finetune.trial import trial_job
 
     trial = trial_job(job_dict, sampled)
     model = create_model(trial, data)

@@ -94,10 +94,8 @@ def measure_training(job, data) -> float:
     import ray.train
     from ray.train.tensorflow import TensorflowTrainer
 
-    from finetune.search import REPORT_POLL_INTERVAL_S, DataHandle
     from finetune.train_loop import train_worker
-
-    os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = REPORT_POLL_INTERVAL_S
+    from finetune.trial import DataHandle
     datasets = {"train": data.train.dataset, "validation": data.validation.dataset} if data.streaming else None
     with tempfile.TemporaryDirectory() as run_dir:
         config = {"job": job.model_dump(mode="json"), "seed": 0, "data": DataHandle(ray.put(data.without_test())),
@@ -122,7 +120,7 @@ def main() -> None:
 
     from finetune import ray_cluster
     from finetune.data import load_data
-    from finetune.train_loop import import_tensorflow_quietly
+    from quiet import import_tensorflow_quietly
 
     import_tensorflow_quietly()
     capacity = ray_cluster.connect()

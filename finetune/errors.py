@@ -60,6 +60,14 @@ class RunFailedError(Exception):
         return (type(self), (str(self), self.exit_code))
 
 
+def innermost_cause(error: BaseException) -> BaseException:
+    """The exception inside Ray's wrappers: a task's or actor's error (`RayTaskError.cause`), or
+    Tune's and Train's errors around it, followed to the end."""
+    while getattr(error, "cause", None) is not None:
+        error = error.cause
+    return error
+
+
 def _short(value: object, limit: int = 80) -> str:
     """A value as the message shows it: whole for strings up to a long path's length, cut short
     otherwise (a value may be a whole section, or megabytes from a hostile file)."""

@@ -17,7 +17,7 @@ import tempfile
 import keras
 import numpy as np
 
-from finetune import storage
+from finetune import _compat, storage
 from finetune.data import LoadedData
 from finetune.errors import UserError
 from finetune.job import AugmentSpec, HeadSpec, Job, ModelSpec
@@ -49,7 +49,7 @@ def create_model(job: Job, data: LoadedData) -> keras.Model:
     base = create_base(spec, data.input_shape, x.shape[1:], job.storage_path)
     # A trained base runs in inference mode, so its BatchNorm statistics stay as trained even
     # after it is unfrozen (Keras' transfer-learning guide).
-    features = base(x, training=False) if is_pretrained(spec) else base(x)
+    features = base(x, training=False) if has_trained_weights(spec) else base(x)
     hidden = create_head(spec.head, features)
     outputs = create_output(job, data, hidden)
     model = keras.Model(inputs, outputs, name=f"finetune_{spec.base.partition(':')[2] or 'model'}"[:60]
@@ -58,8 +58,14 @@ def create_model(job: Job, data: LoadedData) -> keras.Model:
     return model
 
 
-def is_pretrained(spec: ModelSpec) -> bool:
-    return not spec.base.startswith("builtin:")
+def has_trained_weights(spec: ModelSpec) -> bool:
+    """Whether the base arrives trained: a model file or an earlier run's model, or a Keras
+    Applications model with weights (imagenet or a file); not builtin: bases, nor keras: ones with
+    `weights: none`, which start from random weights like any new model."""
+    kind = spec.base.partition(":")[0]
+    if kind == "builtin":
+        return False
+    return kind != "keras" or spec.weights != "none"
 
 
 def create_output(job: Job, data: LoadedData, hidden) -> keras.KerasTensor:
@@ -122,11 +128,13 @@ def create_augmentation(augment: AugmentSpec) -> keras.Sequential:
 # --- bases ---------------------------------------------------------------------------------------
 
 
-def create_base(spec: ModelSpec, data_shape: tuple, input_shape: tuple, storage_path: str) -> keras.Model:
-    """The base as a sub-model named `base`, taking the preprocessed input."""
+def create_base(spec: ModelSpec, data_shape: tuple, preprocessed_shape: tuple, storage_path: str) -> keras.Model:
+    """The base as a sub-model named `base`. data_shape: the shape of the data's inputs;
+    preprocessed_shape: of what the model's preprocessing hands the base (the same shape for
+    images and tables; builtin bases are sized by it)."""
     kind, _, name = spec.base.partition(":")
     if kind == "builtin":
-        return builtin_base(name, spec, tuple(input_shape))
+        return builtin_base(name, spec, tuple(preprocessed_shape))
     if kind == "keras":
         return application_base(name, spec.weights, tuple(data_shape))
     return file_base(spec, tuple(data_shape), storage_path)
@@ -240,11 +248,10 @@ def file_base(spec: ModelSpec, data_shape: tuple, storage_path: str) -> keras.Mo
 
 def output_in_model(layer) -> keras.KerasTensor:
     """A layer's output where the model calls it. For a nested model (a sub-model such as a saved
-    model's `base`), `.output` is the sub-model's own graph; its call in the outer model is its
-    last inbound node (Keras exposes no public accessor for it)."""
-    if isinstance(layer, keras.Model) and layer._inbound_nodes:
-        outputs = layer._inbound_nodes[-1].outputs
-        return outputs[0] if isinstance(outputs, (list, tuple)) else outputs
+    model's `base`), `.output` is the sub-model's own graph; its call in the outer model is what
+    the head must take (finetune._compat.call_outputs)."""
+    if isinstance(layer, keras.Model) and _compat.has_call(layer):
+        return _compat.call_outputs(layer)
     return layer.output
 
 

@@ -73,6 +73,19 @@ def label_encoding(loss: str, task: str = "classification") -> str:
     return "sparse"
 
 
+def encode_labels(labels, encoding: str, num_classes: int):
+    """Labels as the loss takes them (`encoding` from `label_encoding`): one-hot vectors, a float
+    column, or the class indices as they are. Keras ops, so it serves NumPy arrays (the test
+    evaluation) and tensors inside a tf.data pipeline (the training loop) alike."""
+    import keras
+
+    if encoding == "one_hot":
+        return keras.ops.one_hot(labels, num_classes)
+    if encoding in ("binary", "value"):
+        return keras.ops.cast(keras.ops.expand_dims(labels, -1), "float32")
+    return labels
+
+
 def create_loss(train: TrainSpec, num_classes: int, task: str = "classification") -> Callable:
     """A per-example loss function (labels, predictions) -> (batch,)."""
     import keras

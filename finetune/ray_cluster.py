@@ -6,29 +6,33 @@ import logging
 import os
 import secrets
 
-from finetune.search import Capacity
-
-# Quiet TensorFlow's start-up chatter in every worker process of a local Ray.
-WORKER_ENV = {"TF_CPP_MIN_LOG_LEVEL": "2"}
+from finetune import _compat
+from finetune.resources import Capacity
 
 
 def connect(address: str | None = None, verbose: bool = False, dashboard: bool = True) -> Capacity:
     """Join the cluster at `address`, or at RAY_ADDRESS (set for drivers that `ray job submit`
     starts), or else start a local Ray. Never starts a second Ray beside a cluster it was sent to.
 
+    The driver's process-wide settings are made first, and every worker of the run gets
+    `_compat.WORKER_ENVIRONMENT` through the job's runtime environment.
+
     dashboard: start the dashboard with a local Ray. Trials that drive Ray Train runs need it: its
-    placement-group cleaner frees the workers of trials a scheduler stops (field notes). Trials that
-    train in their own process do not, and it costs a few seconds and a few hundred MB."""
+    placement-group cleaner frees the workers of trials a scheduler stops (without it, stopped
+    trials' placement groups stayed and later trials timed out starting their workers, seen on Ray
+    2.60). Trials that train in their own process do not, and it costs a few seconds and a few
+    hundred MB."""
     import ray
 
+    _compat.configure_driver()
     if ray.is_initialized():
         return capacity(started_here=not os.environ.get("RAY_ADDRESS"))
     address = address or os.environ.get("RAY_ADDRESS")
-    common = dict(logging_level=logging.WARNING, log_to_driver=verbose)
+    common = dict(logging_level=logging.WARNING, log_to_driver=verbose, runtime_env=_compat.worker_runtime_env())
     if address:
         ray.init(address=address, **common)
     else:
-        ray.init(address="local", include_dashboard=dashboard, runtime_env={"env_vars": WORKER_ENV}, **common)
+        ray.init(address="local", include_dashboard=dashboard, **common)
     return capacity(started_here=not address)
 
 

@@ -117,9 +117,9 @@ def error_line(error: Any) -> str:
     """The one line of an error a user needs: the innermost exception's message."""
     if error is None:
         return "unknown error"
-    cause = error
-    while getattr(cause, "cause", None) is not None:
-        cause = cause.cause
+    from finetune.errors import innermost_cause
+
+    cause = innermost_cause(error)
     text = str(cause).strip()
     lines = [line for line in text.splitlines() if line.strip()]
     # Tune's error files hold a traceback: the last line names the exception.

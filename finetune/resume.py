@@ -25,7 +25,7 @@ import re
 
 from ray.tune import Callback
 
-from finetune import storage
+from finetune import _compat, storage
 
 KEPT_FOLDER = "snapshot"  # inside the run's Tune folder
 _SNAPSHOT_FILE = re.compile(r"(experiment_state|.+-state)-.+\.json$")  # experiment_state-<t>.json, basic-variant-state-<t>.json
@@ -43,7 +43,7 @@ class SnapshotKeeper(Callback):
     def on_step_end(self, iteration: int, trials: list, **info) -> None:
         if not trials:
             return
-        staging = trials[0].storage.experiment_driver_staging_path
+        staging = _compat.driver_staging_path(trials[0])
         if not os.path.isdir(staging):
             return
         for name in os.listdir(staging):
@@ -83,13 +83,7 @@ def _restore_missing_checkpoints(tune_dir: str) -> list[str]:
     snapshots = sorted(n for n in _snapshot_files(tune_dir) if n.startswith("experiment_state-"))
     if not snapshots:
         return []
-    # Each trial's state is a JSON document holding its checkpoint manager pickled and
-    # hex-encoded, with every checkpoint's full path inside.
-    snapshot = json.loads(storage.read_bytes(storage.join(tune_dir, snapshots[-1])))
-    referenced = set()
-    for part in (part for trial in snapshot.get("trial_data", []) for part in trial):
-        for blob in re.findall(r'"value": "([0-9a-f]+)"', part):
-            referenced.update(re.findall(rb"([^/\x00-\x1f]+)/(checkpoint_\d{6})", bytes.fromhex(blob)))
+    referenced = _compat.checkpoints_named_in_snapshot(storage.read_bytes(storage.join(tune_dir, snapshots[-1])))
     restored = []
     for trial_dir, checkpoint in sorted(referenced):
         trial_location = storage.join(tune_dir, trial_dir.decode())

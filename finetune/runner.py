@@ -6,8 +6,6 @@ before the run folder exists, so bad input leaves nothing behind.
 
 from __future__ import annotations
 
-import logging
-import os
 import platform
 import secrets
 import sys
@@ -20,14 +18,10 @@ from finetune.errors import RunFailedError, UserError
 from finetune.failures import USER_ERROR, trial_failures
 from finetune.job import Job, to_yaml
 from finetune.registry import SUMMARY_FILE
-from finetune.search import (
-    TUNE_FOLDER,
-    DataHandle,
-    count_trials,
-    create_tuner,
-    plan_concurrency,
-    restore_tuner,
-)
+from finetune.resources import plan_concurrency
+from finetune.search_space import count_trials
+from finetune.trial import DataHandle
+from finetune.tuner import TUNE_FOLDER, create_tuner, restore_tuner
 
 METRICS_FILE = "metrics.parquet"
 MODEL_FILE = "model.keras"
@@ -122,19 +116,6 @@ def _run(job: Job, run_dir: str | None, address, verbose: bool, out, callbacks) 
     )
 
     # 3. The search.
-    # Tune snapshots its state at every kept checkpoint and warns about it each epoch; the
-    # snapshots are what `--resume` needs, the warnings are noise.
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    # Tune's own status tables would interleave with the progress lines printed below, and a failed
-    # trial's traceback is kept in its error.txt; the progress line and the summary give the reason.
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")
-    # A trial that fails for good ends without raising and with no report of its metric
-    # (finetune.failures); Tune's check that every result has the metric would refuse its end.
-    # Trials that train report the metric every epoch: the job validates it is one they report.
-    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
-    logging.getLogger("ray.tune.tune").setLevel(logging.CRITICAL)  # "Trials did not complete: [...]"
-
     progress = reports.make_progress_printer(job, num_trials, run_dir, out)
     if resuming:
         tuner = restore_tuner(job, run_dir, handle, [progress, *callbacks])
@@ -249,21 +230,17 @@ def copy_best_checkpoint(result, trial_rows: list[dict], best_value: float, job:
 
     Tune keeps each trial's best checkpoint (in_trial), Ray Train keeps its own and names it in
     the reported metrics (ray_train). When epochs tie on the metric, the one kept is the latest."""
-    import pyarrow.fs as pafs
-
     from finetune.train_loop import MODEL_FILE as CHECKPOINT_MODEL
     from finetune.train_to_tune import CHECKPOINT_PATH_KEY
 
     metric = job.search.metric
     tied = sorted((r for r in trial_rows if r.get(metric) == best_value), key=lambda r: -r["epoch"])
     kept_by_tune = {m.get("epoch"): c.path for c, m in (result.best_checkpoints or [])}
-    fs, _ = storage.filesystem(run_dir)
     for row in tied:
         for path in (kept_by_tune.get(row["epoch"]), row.get(CHECKPOINT_PATH_KEY)):
-            if path and fs.get_file_info(f"{path.rstrip('/')}/{CHECKPOINT_MODEL}").type == pafs.FileType.File:
-                destination_fs, destination_path = storage.filesystem(destination)
-                pafs.copy_files(f"{path.rstrip('/')}/{CHECKPOINT_MODEL}", destination_path,
-                                source_filesystem=fs, destination_filesystem=destination_fs)
+            model = path and storage.beside(run_dir, f"{path.rstrip('/')}/{CHECKPOINT_MODEL}")
+            if model and storage.exists(model):
+                storage.copy_file(model, destination)
                 return row
     raise RuntimeError(f"no checkpoint of trial {trial_rows[0]['trial_id']} with {metric} {best_value} is left")
 

@@ -115,6 +115,16 @@ def parse_domain(spec: Any) -> Domain:
     return Domain(kind, tuple(args))
 
 
+def count_trials(search) -> int:
+    """Tune runs num_samples trials, each over the full grid when the space has grid entries.
+    search: a job's SearchSpec."""
+    grid = 1
+    for domain in parse_space(search.space).values():
+        if domain.kind == "grid":
+            grid *= len(domain.args[0])
+    return search.num_samples * grid
+
+
 def parse_space(space: dict[str, Any]) -> dict[str, Domain]:
     return {path: parse_domain(spec) for path, spec in space.items()}
 
@@ -127,7 +137,7 @@ def to_tune_space(space: dict[str, Any], fixed: dict | None = None) -> dict[str,
     result = {}
     for path, domain in domains.items():
         if domain.when:
-            result[path] = _conditional(path, domain, domains, fixed or {})
+            result[path] = _conditional(path, domain, fixed or {})
         else:
             result[path] = domain.to_tune()
     return result
@@ -151,7 +161,7 @@ def check_conditions(space: dict[str, Any]) -> list[tuple[str, str]]:
     return problems
 
 
-def _conditional(path: str, domain: Domain, domains: dict[str, Domain], fixed: dict):
+def _conditional(path: str, domain: Domain, fixed: dict):
     from ray import tune
 
     return tune.sample_from(ConditionalSample(path, domain, fixed))

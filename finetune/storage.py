@@ -34,6 +34,14 @@ def join(base: str, *parts: str) -> str:
     return os.path.join(base, *parts)
 
 
+def beside(location: str, path: str) -> str:
+    """The location of `path`, a path inside the same file system as `location` as pyarrow and Ray
+    give it (no scheme: `bucket/key` on S3, as a Ray `Checkpoint.path` is)."""
+    if "://" not in location:
+        return path
+    return f"{location.partition('://')[0]}://{path.lstrip('/')}" if not location.startswith("file://") else path
+
+
 def filesystem(location: str) -> tuple[pafs.FileSystem, str]:
     return pafs.FileSystem.from_uri(absolute(location))
 

@@ -1,11 +1,9 @@
-"""The per-worker training loop: the only code that runs on Ray Train workers.
+"""The per-worker training loop, what runs on each Ray Train worker (and inside an in-trial
+trial): build the model and optimizer in the strategy's scope, resume from the latest checkpoint,
+then each epoch train, validate, check the loss, checkpoint and report.
 
-One loop serves one worker and N. Keras 3's `model.fit` fails under MultiWorkerMirroredStrategy
-(keras-team/keras#20585), so the loop trains with an explicit distributed step: the model and
-optimizer are built in `strategy.scope()`, each step runs in `strategy.run` with
-`tf.GradientTape`, and `optimizer.apply_gradients` all-reduces the gradients, so every worker holds
-the same weights after every step. A whole epoch runs inside one `tf.function`, so Python is not
-on the per-step path.
+One loop serves one worker and N. The compiled step functions it calls (the explicit distributed
+step that Keras 3 needs under MultiWorkerMirroredStrategy) are `finetune.train_step`.
 
 Where it runs is behind a small session object: `RayTrainSession` on Ray Train workers (rank 0
 writes the checkpoint, every rank reports), `TuneTrialSession` when a one-worker trial runs the
@@ -20,22 +18,22 @@ import os
 import tempfile
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from finetune.data import LoadedData  # noqa: E402
-from finetune.data.feed import Batches, worker_batches  # noqa: E402
-from finetune.errors import UserError  # noqa: E402
-from finetune.failures import NON_FINITE, USER_ERROR, record_failure  # noqa: E402
-from finetune.job import Job  # noqa: E402
-from finetune.optimization import (  # noqa: E402
+from finetune.data import LoadedData
+from finetune.data.feed import Batches, worker_batches
+from finetune.errors import UserError
+from finetune.failures import NON_FINITE, USER_ERROR, record_failure
+from finetune.job import Job
+from finetune.optimization import (
     create_loss,
     create_optimizer,
+    encode_labels,
     label_encoding,
     learning_rate_at,
     per_example_metric,
 )
+from finetune.train_step import make_eval_sums, make_train_steps
 
 MODEL_FILE = "model.keras"
 STATE_FILE = "state.json"
@@ -178,7 +176,7 @@ class EpochTrainer:
         from finetune.models import create_model
 
         self.job, self.data, self.seed, self.rank, self.world_size = job, data, seed, rank, world_size
-        self.train = job.train
+        self.spec = job.train  # the job's train: section
         self.strategy = create_strategy(world_size)
         self.task = job.model.task
         self.encoding = label_encoding(job.train.loss, self.task)
@@ -195,24 +193,24 @@ class EpochTrainer:
         self.first_step_done_at = None
         self._make_functions()
         shards = shards or {}
-        self._validation = self._batches(data.validation, shards.get("validation"), shuffle=False)
-        self._train = self._batches(data.train, shards.get("train"), shuffle=True)
+        self.validation_batches = self._batches(data.validation, shards.get("validation"), shuffle=False)
+        self.train_batches = self._batches(data.train, shards.get("train"), shuffle=True)
         if world_size > 1:
             # Each worker already holds its own shard: hand it to the strategy as is, no re-sharding.
-            local = self._train.dataset
-            self._train.dataset = self.strategy.distribute_datasets_from_function(lambda _: local)
+            local = self.train_batches.dataset
+            self.train_batches.dataset = self.strategy.distribute_datasets_from_function(lambda _: local)
         self._tf = tf
 
     def _new_optimizer(self) -> None:
         """A fresh optimizer for the current phase's trainable weights. Compiling is not for fit():
         it records the loss, metrics and optimizer in the saved .keras file, so the model loads
         ready to evaluate in plain Keras. Call inside the strategy's scope."""
-        self.optimizer = create_optimizer(self.train, self._phase_scale(), self.train.mixed_precision)
-        self.model.compile(optimizer=self.optimizer, loss=self.train.loss, metrics=self.metric_names)
+        self.optimizer = create_optimizer(self.spec, self._phase_scale(), self.spec.mixed_precision)
+        self.model.compile(optimizer=self.optimizer, loss=self.spec.loss, metrics=self.metric_names)
         self.optimizer.build(self.model.trainable_variables)
 
     def _phase_scale(self) -> float:
-        fine_tune = self.train.fine_tune
+        fine_tune = self.spec.fine_tune
         return fine_tune.learning_rate_scale if fine_tune and self.phase == 2 else 1.0
 
     def _enter_phase_two(self) -> None:
@@ -221,20 +219,14 @@ class EpochTrainer:
 
         self.phase = 2
         with self.strategy.scope():
-            freeze_base(self.model, self.job.model.freeze, unfreeze_top=self.train.fine_tune.unfreeze_top)
+            freeze_base(self.model, self.job.model.freeze, unfreeze_top=self.spec.fine_tune.unfreeze_top)
             self._new_optimizer()
         self._make_functions()
 
     # -- data --
 
     def _encode(self, features, labels):
-        import tensorflow as tf
-
-        if self.encoding == "one_hot":
-            labels = tf.one_hot(labels, self.data.num_classes)
-        elif self.encoding in ("binary", "value"):
-            labels = tf.cast(tf.expand_dims(labels, -1), tf.float32)
-        return features, labels
+        return features, encode_labels(labels, self.encoding, self.data.num_classes)
 
     def _batches(self, split, shard, shuffle: bool) -> Batches:
         per_worker_batch = max(1, self.job.train.batch_size // self.world_size)
@@ -246,63 +238,10 @@ class EpochTrainer:
     # -- compiled functions --
 
     def _make_functions(self) -> None:
-        self._train_fn = self._make_train_fn()
-        self._eval_fn = self._make_eval_fn()
-
-    def _make_train_fn(self):
-        import tensorflow as tf
-
-        strategy, model, optimizer = self.strategy, self.model, self.optimizer
-        loss_fn, metric_fns = self.loss_fn, self.metric_fns
-
-        def gradients(features, labels):
-            with tf.GradientTape() as tape:
-                predictions = model(features, training=True)
-                per_example_loss = loss_fn(labels, predictions)
-                # Mean over the global batch: per-replica batch times replicas in sync.
-                loss = tf.nn.compute_average_loss(per_example_loss)
-                if model.losses:
-                    loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
-                scaled = optimizer.scale_loss(loss)  # loss scaling under mixed precision, else as is
-            return tape.gradient(scaled, model.trainable_variables), _sums(labels, predictions, per_example_loss, metric_fns)
-
-        if self.train.jit_compile:
-            # XLA compiles the forward and backward pass; the gradient all-reduce stays outside it.
-            gradients = tf.function(gradients, jit_compile=True)
-
-        def step(features, labels):
-            grads, sums = gradients(features, labels)
-            optimizer.apply_gradients(zip(grads, model.trainable_variables))
-            return sums
-
-        # An explicit while loop with autograph off: the graph of a `for` loop, traced about 10%
-        # faster (every trial traces it once; measured 0.60 s -> 0.55 s for the digits model).
-        @tf.function(autograph=False)
-        def train_steps(iterator, steps):
-            def body(done, totals):
-                sums = strategy.run(step, args=next(iterator))
-                return done + 1, totals + strategy.reduce(tf.distribute.ReduceOp.SUM, sums, axis=None)
-
-            start = (tf.constant(0), tf.zeros(len(metric_fns) + 2, tf.float64))
-            return tf.while_loop(lambda done, _: done < steps, body, start)[1]
-
-        return train_steps
-
-    def _make_eval_fn(self):
-        import tensorflow as tf
-
-        model, loss_fn, metric_fns = self.model, self.loss_fn, self.metric_fns
-
-        @tf.function(autograph=False)
-        def local_sums(dataset):
-            def add(totals, batch):
-                features, labels = batch
-                predictions = model(features, training=False)
-                return totals + _sums(labels, predictions, loss_fn(labels, predictions), metric_fns)
-
-            return dataset.reduce(tf.zeros(len(metric_fns) + 2, tf.float64), add)
-
-        return local_sums
+        """Trace-ready epoch functions for the current model and optimizer (finetune.train_step)."""
+        self._train_fn = make_train_steps(self.strategy, self.model, self.optimizer, self.loss_fn, self.metric_fns,
+                                          jit_compile=self.spec.jit_compile)
+        self._eval_fn = make_eval_sums(self.model, self.loss_fn, self.metric_fns)
 
     def _all_reduce(self, local_value):
         """Sum a per-worker tensor over all workers (identity with one worker)."""
@@ -319,14 +258,14 @@ class EpochTrainer:
         from finetune.models import parameter_counts
 
         tf = self._tf
-        fine_tune = self.train.fine_tune
+        fine_tune = self.spec.fine_tune
         if fine_tune and self.phase == 1 and epoch > fine_tune.after_epoch:
             self._enter_phase_two()
-        learning_rate = learning_rate_at(self.train, epoch, self._phase_scale())
+        learning_rate = learning_rate_at(self.spec, epoch, self._phase_scale())
         self.optimizer.learning_rate = learning_rate
         started = time.perf_counter()
-        iterator = iter(self._train.dataset)
-        steps = self._train.steps
+        iterator = iter(self.train_batches.dataset)
+        steps = self.train_batches.steps
         # The first step runs alone once, so the trial can report when training really began.
         totals = self._train_fn(iterator, tf.constant(1))
         if self.first_step_done_at is None:
@@ -334,7 +273,7 @@ class EpochTrainer:
         if steps > 1:
             totals += self._train_fn(iterator, tf.constant(steps - 1))
         train_seconds = time.perf_counter() - started
-        validation_totals = self._all_reduce(self._eval_fn(self._validation.dataset))
+        validation_totals = self._all_reduce(self._eval_fn(self.validation_batches.dataset))
         metrics = {"epoch": epoch}
         metrics.update(self._means(totals.numpy(), prefix=""))
         metrics.update(self._means(validation_totals.numpy(), prefix="val_"))
@@ -385,57 +324,3 @@ class EpochTrainer:
         self.phase = int(state.get("phase", 1))
         self._make_functions()
         return int(state["epoch"])
-
-
-def _sums(labels, predictions, per_example_loss, metric_fns):
-    """[sum of loss, sum of each metric, number of examples] for a batch, as float64."""
-    import tensorflow as tf
-
-    values = [tf.reduce_sum(tf.cast(per_example_loss, tf.float64))]
-    for fn in metric_fns:
-        values.append(tf.reduce_sum(tf.cast(fn(labels, predictions), tf.float64)))
-    values.append(tf.cast(tf.shape(per_example_loss)[0], tf.float64))
-    return tf.stack(values)
-
-
-def preflight(job: Job, data: LoadedData) -> None:
-    """One real training step and one evaluation on a few rows, in the driver, before any trial:
-    a model that does not fit the data, or a loss that does not fit the labels, fails here with a
-    clear message instead of in every trial."""
-    few = data.head(max(2, min(job.train.batch_size, 64)))
-    try:
-        trainer = EpochTrainer(job, few, seed=job.seed, rank=0, world_size=1)
-        trainer.train_epoch(1)
-    except UserError:
-        raise
-    except (ValueError, TypeError) as error:
-        raise UserError(
-            f"model and data do not fit together ({job.model.base} on data of shape "
-            f"{data.input_shape} with {data.num_classes} classes, loss {job.train.loss}): "
-            f"{str(error).splitlines()[0]}"
-        ) from None
-
-
-def import_tensorflow_quietly():
-    """Import TensorFlow with its start-up lines (absl and CUDA-probe messages that no setting
-    silences) kept off the user's terminal; shown only if the import fails."""
-    import sys
-
-    if "tensorflow" in sys.modules:
-        return sys.modules["tensorflow"]
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as captured:
-        os.dup2(captured.fileno(), 2)
-        try:
-            import tensorflow as tf
-
-            tf.config.list_physical_devices()  # device discovery prints too
-        except BaseException:
-            os.dup2(saved, 2)
-            captured.seek(0)
-            sys.stderr.write(captured.read().decode(errors="replace"))
-            raise
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-    return tf

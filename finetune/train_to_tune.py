@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import threading
 
-from ray.train.v2.api.callback import UserCallback
+from ray.train import UserCallback
 
 CHECKPOINT_PATH_KEY = "checkpoint_path"  # the key TuneReportCallback uses; runner.py reads it
 

@@ -62,6 +62,28 @@ resources: {{num_workers: 1}}
 """
 
 
+class KillOnce:
+    """A Tune callback that SIGKILLs the process where a trial trains (rank 0's), once, at the
+    first result of `epoch`: a lost worker. `killed` records (trial id, pid); a class attribute,
+    since Tune pickles its callbacks with the experiment."""
+
+    killed: list = []
+
+    @classmethod
+    def at_epoch(cls, epoch: int):
+        from ray.tune import Callback
+
+        cls.killed.clear()
+
+        class _Kill(Callback):
+            def on_trial_result(self, iteration, trials, trial, result, **info):
+                if result["epoch"] == epoch and not cls.killed:
+                    cls.killed.append((trial.trial_id, result["worker_pid"]))
+                    os.kill(result["worker_pid"], signal.SIGKILL)
+
+        return _Kill()
+
+
 def free_ports(count: int) -> list[int]:
     sockets = [socket.socket() for _ in range(count)]
     for s in sockets:

@@ -1,6 +1,8 @@
-"""The command line as a user runs it: `python -m finetune run JOB`, in its own process."""
+"""The command line as a user runs it: `python -m finetune ...`, in its own process. Tests that
+start a Ray are marked `ray`; the CLI's refusals of bad input start none."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -10,9 +12,9 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import REPO, write_job
 
-pytestmark = pytest.mark.ray
 
 
+@pytest.mark.ray
 def test_python_m_finetune_run_prints_progress_and_writes_the_summary(tmp_path, tiny_job_text):
     job = write_job(tmp_path, tiny_job_text)
     result = subprocess.run([sys.executable, "-m", "finetune", "run", str(job), "--set", "train.epochs=2"],
@@ -26,6 +28,7 @@ def test_python_m_finetune_run_prints_progress_and_writes_the_summary(tmp_path, 
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.ray
 def test_bad_data_exits_2_with_one_message_and_leaves_nothing_behind(tmp_path):
     """Data too small for the workers: found by the driver before any trial, no traceback."""
     pq.write_table(pa.table({"x": np.arange(8.0), "label": ["a", "b"] * 4}), tmp_path / "t.parquet")
@@ -61,6 +64,7 @@ search: {{num_samples: 2, scheduler: none, space: {space}}}
     return folder, elsewhere
 
 
+@pytest.mark.ray
 def test_a_run_whose_trials_all_fail_on_a_user_error_exits_2_with_the_reason_once(tmp_path):
     # The job itself is sound (the pre-flight step passes); each trial's sampled layer is not.
     folder, elsewhere = relative_project(tmp_path, epochs=2, space="{model.cut_at: {choice: [nope]}}")
@@ -74,10 +78,10 @@ def test_a_run_whose_trials_all_fail_on_a_user_error_exits_2_with_the_reason_onc
     assert summary["status"] == "failed" and summary["num_failed"] == 2 and summary["model_path"] is None
 
 
+@pytest.mark.ray
 def test_a_killed_run_resumes_from_a_third_directory_and_finds_the_same_files(tmp_path):
     """A driver killed with every process it started (as a pod is): `finetune resume RUN` from
     another directory reads the job's absolute paths and finishes the run."""
-    import os
     import signal
 
     folder, elsewhere = relative_project(tmp_path, epochs=30)
@@ -101,3 +105,48 @@ def test_a_killed_run_resumes_from_a_third_directory_and_finds_the_same_files(tm
     epochs = pq.read_table(run_dir / "metrics.parquet").column("epoch").to_pylist()
     assert epochs == list(range(1, 31))
     assert not list(third.iterdir())  # nothing written where the resume ran
+
+
+def run_cli(*args: str, cwd=REPO) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "finetune", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=120)
+
+
+def test_cli_validate_is_fast_and_starts_no_ray():
+    code = ("import sys, time; t = time.time(); from finetune.cli import main; "
+            "rc = main(['validate', 'jobs/digits.yaml']); "
+            "print(rc, time.time() - t, 'ray' in sys.modules, 'tensorflow' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
+    rc, seconds, ray_loaded, tf_loaded = result.stdout.split()[-4:]
+    assert rc == "0" and float(seconds) < 1.0
+    assert ray_loaded == "False" and tf_loaded == "False"
+
+
+def test_cli_bad_job_exits_2_with_every_problem_and_no_traceback(tmp_path):
+    bad = write_job(tmp_path, "name: x\ntrain: {epochs: 0, optimizer: adamm}\nfoo: 1\n")
+    result = run_cli("validate", str(bad))
+    assert result.returncode == 2
+    assert "3 problems" in result.stderr and "train.epochs" in result.stderr and "foo" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_cli_run_rejects_a_bad_job_before_starting_ray(tmp_path):
+    bad = write_job(tmp_path, f"name: x\nstorage_path: {tmp_path / 'runs'}\ntrain: {{loss: nope}}\n")
+    result = run_cli("run", str(bad))
+    assert result.returncode == 2 and "train.loss" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_missing_model_file_is_refused_by_validate_and_run_before_ray_starts(tmp_path):
+    from test_job_paths import project
+
+    folder, elsewhere = project(tmp_path)
+    (folder / "base.keras").unlink()
+    job = os.path.relpath(folder / "job.yaml", elsewhere)
+    for command in ("validate", "run"):
+        result = run_cli(command, job, "--set", "search.space={}", cwd=elsewhere)
+        assert result.returncode == 2, (command, result.stderr[-2000:])
+        assert f"model.base: got '{folder / 'base.keras'}'; expected an existing file" in result.stderr
+        assert "Traceback" not in result.stderr and "Ray" not in result.stderr
+    assert not (folder / "out").exists() and not (elsewhere / "runs").exists()

@@ -1,8 +1,8 @@
 """The deployment files under cluster/, checked offline against the schemas their consumers use.
 
 - KubeRay manifests (RayCluster, RayJob, RayCronJob) against KubeRay v1.7.0's own CRD schemas,
-  read from ../shared/kuberay-crds-v1.7.0/ beside the checkout, with unknown fields rejected as
-  `kubectl apply` (strict field validation) rejects them.
+  shipped in tests/data/kuberay-crds-v1.7.0/, with unknown fields rejected as `kubectl apply`
+  (strict field validation) rejects them.
 - The `ray up` config against ray/autoscaler/ray-schema.json from the installed Ray wheel.
 - The batch/v1 CronJob by hand (no CRD exists for built-in kinds here).
 - Every `finetune run <job>` named anywhere under cluster/ against the job schema.
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import gzip
 import json
 import re
 import shlex
@@ -24,12 +25,14 @@ import jsonschema
 import pytest
 import yaml
 
+from finetune import _compat
 from finetune.errors import JobError
 from finetune.job import load_job
 
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER = REPO / "cluster"
-CRDS = Path(__file__).resolve().parents[2] / "shared" / "kuberay-crds-v1.7.0"
+CRDS = Path(__file__).resolve().parent / "data" / "kuberay-crds-v1.7.0"
+SHARED_CRDS = REPO.parent / "shared" / "kuberay-crds-v1.7.0"  # the published copy, where a checkout has it
 IMAGE_ROOT = "/app"  # where cluster/Dockerfile puts the repository; job paths may be given from it
 IMAGE_REPOSITORY = "ghcr.io/example/finetune"
 
@@ -45,10 +48,6 @@ ENTRYPOINT_FILES = ["rayjob.yaml", "raycronjob.yaml", "nightly-cronjob.yaml"]
 FINETUNE_RUN = re.compile(r"(?:python(?:3(?:\.\d+)?)? -m )?finetune run (?:--?\S+ (?:\S+ )?)*?(\S+\.ya?ml)(?!\S)")
 FINETUNE_VALIDATE = re.compile(FINETUNE_RUN.pattern.replace("finetune run", "finetune validate"))
 
-needs_crds = pytest.mark.skipif(
-    not CRDS.is_dir(),
-    reason=f"KubeRay CRDs not found at {CRDS} (CI places ../shared/kuberay-crds-v1.7.0 beside the checkout)",
-)
 
 
 # --- reading ------------------------------------------------------------------------------------
@@ -189,12 +188,22 @@ KubernetesValidator = jsonschema.validators.extend(
 )
 
 
+def crd_text(kind: str) -> str:
+    return gzip.decompress((CRDS / f"{CRD_FILES[kind]}.gz").read_bytes()).decode()
+
+
+@pytest.mark.skipif(not SHARED_CRDS.is_dir(), reason=f"no published copy at {SHARED_CRDS} to compare with")
+@pytest.mark.parametrize("kind", sorted(CRD_FILES))
+def test_the_shipped_crds_are_the_published_ones(kind):
+    assert crd_text(kind) == (SHARED_CRDS / CRD_FILES[kind]).read_text()
+
+
 @functools.lru_cache(maxsize=None)
 def crd_validator(kind: str, api_version: str) -> jsonschema.Validator:
     """A validator for one kind and version from KubeRay's CRD."""
     # The CRDs are large (up to 1.4 MB); libyaml's loader reads them about 7 times faster.
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    crd = yaml.load((CRDS / CRD_FILES[kind]).read_text(), Loader=loader)
+    crd = yaml.load(crd_text(kind), Loader=loader)
     group, _, version = api_version.partition("/")
     assert crd["spec"]["group"] == group, f"{kind}: expected group {crd['spec']['group']}, got {group}"
     assert crd["spec"]["names"]["kind"] == kind
@@ -222,7 +231,6 @@ def kuberay_errors(document: dict) -> list[str]:
 # --- KubeRay manifests ----------------------------------------------------------------------------
 
 
-@needs_crds
 @pytest.mark.parametrize("name", KUBERAY_FILES)
 def test_kuberay_manifest_matches_its_crd(name):
     document = load_one(name)
@@ -287,7 +295,6 @@ BROKEN = [
 ]
 
 
-@needs_crds
 @pytest.mark.parametrize("name, path, value, expected", BROKEN)
 def test_kuberay_validation_rejects_a_broken_manifest(name, path, value, expected):
     """The check cannot pass vacuously: each broken variant fails, at the field that is wrong."""
@@ -297,7 +304,6 @@ def test_kuberay_validation_rejects_a_broken_manifest(name, path, value, expecte
     assert any(error.startswith(expected) for error in errors), errors
 
 
-@needs_crds
 @pytest.mark.parametrize("name, path", [
     ("raycluster.yaml", "headGroupSpec"),
     ("raycronjob.yaml", "jobTemplate"),
@@ -434,8 +440,7 @@ def test_runtime_env_check_rejects(broken):
 def test_working_dir_upload_fits(tmp_path):
     """Package the checkout the way `ray job submit --working-dir .` does, with the excludes alone
     (no .gitignore help): under Ray's 512 MiB limit, without runs/ or .venv/, with the job files."""
-    packaging = pytest.importorskip("ray._private.runtime_env.packaging",
-                                    reason="Ray's packaging module moved; cannot rebuild the upload")
+    packaging = _compat.working_dir_packaging()
     import zipfile
 
     excludes = load_one("runtime_env.yaml")["excludes"]
@@ -591,8 +596,7 @@ def test_ray_up_cluster_layout():
 def test_ray_up_config_prepares_like_ray_up():
     """Ray's own preparation (defaults merged, docker and worker counts checked) and validation,
     as `ray up` runs them before it contacts AWS."""
-    util = pytest.importorskip("ray.autoscaler._private.util",
-                               reason="Ray's autoscaler util module moved")
+    util = _compat.ray_up_config_util()
     config = load_one("ray-up-aws.yaml")
     prepared = util.prepare_config(copy.deepcopy(config))
     util.validate_config(prepared)

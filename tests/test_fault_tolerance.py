@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import JOBS, REPO, write_job
+from conftest import JOBS, REPO, KillOnce, write_job
 
 from finetune.job import load_job
 from finetune.runner import run_job
@@ -45,20 +45,9 @@ def metrics_of(summary: dict) -> list[dict]:
 
 
 def test_trials_spread_over_nodes_and_a_killed_trial_process_resumes(cluster, tmp_path):
-    from ray.tune import Callback
-
-    class KillOnce(Callback):
-        killed: list = []
-
-        def on_trial_result(self, iteration, trials, trial, result, **info):
-            if result["epoch"] == 3 and not self.killed:
-                self.killed.append((trial.trial_id, result["worker_pid"]))
-                os.kill(result["worker_pid"], signal.SIGKILL)
-
     job = load_job(JOBS / "iris-csv.yaml", [f"storage_path={tmp_path}", "search.num_samples=4", "train.epochs=12",
                                             "search.scheduler=none"])
-    os.chdir(REPO)
-    summary = run_job(job, address=cluster.address, out=io.StringIO(), callbacks=[KillOnce()])
+    summary = run_job(job, address=cluster.address, out=io.StringIO(), callbacks=[KillOnce.at_epoch(3)])
     assert summary["cluster"]["nodes"] == 3 and summary["num_failed"] == 0
     rows = metrics_of(summary)
     # Every trial's every epoch is in the table once.

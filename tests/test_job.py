@@ -1,23 +1,28 @@
-"""The job schema: defaults, every problem at once, extends, --set, and the search space."""
+"""The job schema: defaults, every problem at once, extends, --set, and every shipped job file."""
 
 from __future__ import annotations
-
-import subprocess
-import sys
 
 import pytest
 from conftest import JOBS, REPO, write_job
 
 from finetune.errors import JobError
 from finetune.job import Job, load_job, parse_override, set_path, validate_job_dict
-from finetune.search_space import parse_domain, to_tune_space
+from finetune.search_space import count_trials, parse_space, to_tune_space
 
 
 @pytest.mark.parametrize("path", [*sorted(JOBS.glob("*.yaml")), *sorted((REPO / "bench").glob("*.yaml"))],
                          ids=lambda p: f"{p.parent.name}/{p.name}")
-def test_every_shipped_job_validates(path):
+def test_every_shipped_job_loads_validates_and_translates(path):
+    """Every job under jobs/ and bench/ binds to the schema, its space translates to Tune's, and
+    its trial count follows."""
     job = load_job(path)
-    assert job.name
+    assert job.name and job.storage_path.startswith(("/", "s3://"))
+    tune_space = to_tune_space(job.search.space, fixed=job.model_dump(mode="json"))
+    assert set(tune_space) == set(job.search.space)
+    grid = 1
+    for domain in parse_space(job.search.space).values():
+        grid *= len(domain.args[0]) if domain.kind == "grid" else 1
+    assert count_trials(job.search) == job.search.num_samples * grid >= 1
 
 
 def test_defaults_fill_a_minimal_job():
@@ -137,63 +142,6 @@ def test_set_path_does_not_touch_the_original():
     original = {"train": {"epochs": 1}}
     assert set_path(original, "train.epochs", 5) == {"train": {"epochs": 5}}
     assert original == {"train": {"epochs": 1}}
-
-
-def test_domains_translate_to_tune():
-    from ray import tune
-
-    space = to_tune_space({
-        "a": {"choice": [1, 2]}, "b": {"grid": [1, 2]}, "c": {"uniform": [0, 1]},
-        "d": {"loguniform": [1e-4, 1e-1]}, "e": {"randint": [2, 4]}, "f": {"quniform": [0, 1, 0.25]}, "g": 7,
-    })
-    assert isinstance(space["a"], tune.search.sample.Categorical)
-    assert space["b"] == {"grid_search": [1, 2]}
-    assert isinstance(space["d"].get_sampler(), tune.search.sample.LogUniform)
-    assert (space["e"].lower, space["e"].upper) == (2, 5)  # the job's randint includes its upper end
-    assert space["g"] == 7
-    samples = {space["e"].sample() for _ in range(200)}
-    assert samples == {2, 3, 4}
-
-
-def test_bad_domains_say_what_was_expected():
-    with pytest.raises(ValueError, match=r"\[low, high, step\]"):
-        parse_domain({"quniform": [0, 1]})
-    with pytest.raises(ValueError, match="non-empty list"):
-        parse_domain({"choice": []})
-    with pytest.raises(ValueError, match="exactly one domain key"):
-        parse_domain({"choice": [1], "uniform": [0, 1]})
-    assert parse_domain({"units": 3}).kind == "fixed"
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "finetune", *args], capture_output=True, text=True,
-                          cwd=REPO, timeout=60)
-
-
-def test_cli_validate_is_fast_and_starts_no_ray():
-    code = ("import sys, time; t = time.time(); from finetune.cli import main; "
-            "rc = main(['validate', 'jobs/digits.yaml']); "
-            "print(rc, time.time() - t, 'ray' in sys.modules, 'tensorflow' in sys.modules)")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
-    rc, seconds, ray_loaded, tf_loaded = result.stdout.split()[-4:]
-    assert rc == "0" and float(seconds) < 1.0
-    assert ray_loaded == "False" and tf_loaded == "False"
-
-
-def test_cli_bad_job_exits_2_with_every_problem_and_no_traceback(tmp_path):
-    bad = write_job(tmp_path, "name: x\ntrain: {epochs: 0, optimizer: adamm}\nfoo: 1\n")
-    result = run_cli("validate", str(bad))
-    assert result.returncode == 2
-    assert "3 problems" in result.stderr and "train.epochs" in result.stderr and "foo" in result.stderr
-    assert "Traceback" not in result.stderr
-
-
-def test_cli_run_rejects_a_bad_job_before_starting_ray(tmp_path):
-    bad = write_job(tmp_path, f"name: x\nstorage_path: {tmp_path / 'runs'}\ntrain: {{loss: nope}}\n")
-    result = run_cli("run", str(bad))
-    assert result.returncode == 2 and "train.loss" in result.stderr
-    assert "Traceback" not in result.stderr
-    assert not (tmp_path / "runs").exists()
 
 
 def test_job_model_is_the_schema():

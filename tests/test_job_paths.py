@@ -4,11 +4,9 @@ names them, whatever the working directory; `--set` paths relative to the workin
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 import yaml
-from conftest import REPO, write_job
+from conftest import write_job
 
 from finetune.job import load_job, to_yaml
 
@@ -89,20 +87,3 @@ model: {base: keras:MobileNetV3Small, weights: imagenet}
     weights = load_job(write_job(tmp_path, "name: w\nmodel: {base: keras:MobileNetV3Small, weights: w.weights.h5}\n",
                                  "w.yaml"))
     assert weights.model.weights == str(tmp_path / "w.weights.h5")
-
-
-def run_cli(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "finetune", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
-
-
-def test_a_missing_model_file_is_refused_by_validate_and_run_before_ray_starts(tmp_path):
-    folder, elsewhere = project(tmp_path)
-    (folder / "base.keras").unlink()
-    job = os.path.relpath(folder / "job.yaml", elsewhere)
-    for command in ("validate", "run"):
-        result = run_cli(command, job, "--set", "search.space={}", cwd=elsewhere)
-        assert result.returncode == 2, (command, result.stderr[-2000:])
-        assert f"model.base: got '{folder / 'base.keras'}'; expected an existing file" in result.stderr
-        assert "Traceback" not in result.stderr and "Ray" not in result.stderr
-    assert not (folder / "out").exists() and not (elsewhere / "runs").exists()

@@ -1,11 +1,11 @@
 """The name lists that let a job validate without TensorFlow match the installed Keras."""
 
 import keras
-from keras.src.activations import ALL_OBJECTS_DICT as ACTIVATIONS
-from keras.src.losses import ALL_OBJECTS_DICT as LOSSES
-from keras.src.optimizers import ALL_OBJECTS_DICT as OPTIMIZERS
 
-from finetune import keras_names
+from finetune import _compat, keras_names
+
+REGISTERED = _compat.registered_keras_names()
+ACTIVATIONS, LOSSES, OPTIMIZERS = REGISTERED["activations"], REGISTERED["losses"], REGISTERED["optimizers"]
 
 
 def test_every_listed_optimizer_builds_and_none_is_missing():

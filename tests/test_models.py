@@ -12,12 +12,13 @@ import numpy as np
 import pytest
 
 from finetune.data import LoadedData, Split, feature_statistics, load_data
-from finetune.errors import UserError
+from finetune.errors import JobError, UserError
 from finetune.job import validate_job_dict
 from finetune.keras_names import OPTIMIZERS
 from finetune.models import base_layers_with_weights, create_model, parameter_counts
 from finetune.optimization import create_optimizer, learning_rate_at
-from finetune.train_loop import EpochTrainer, preflight
+from finetune.evaluation import preflight
+from finetune.train_loop import EpochTrainer
 
 
 def make_job(**sections):
@@ -257,9 +258,9 @@ def test_label_smoothing_on_a_loss_without_it_is_refused(digits):
 
 
 def test_mixed_precision_and_jit_are_refused_on_cpu_and_run_where_asked():
-    with pytest.raises(Exception, match="train.mixed_precision.*use_gpu"):
+    with pytest.raises(JobError, match="train.mixed_precision.*use_gpu"):
         make_job(train={"mixed_precision": True})
-    with pytest.raises(Exception, match="train.jit_compile.*use_gpu"):
+    with pytest.raises(JobError, match="train.jit_compile.*use_gpu"):
         make_job(train={"jit_compile": True})
     # The GPU code paths themselves, exercised on this CPU (slowly, as the refusal says).
     iris = load_data(make_job(dataset={"source": "sklearn:iris"}).dataset, seed=0)
@@ -287,21 +288,3 @@ def test_regression_task_on_diabetes():
     assert trainer.model.get_layer("output").units == 1
 
 
-def test_conditional_space_entries_appear_only_with_their_condition():
-    from ray.tune.search.variant_generator import generate_variants
-
-    from finetune.search_space import to_tune_space
-
-    space = {"train.optimizer": {"choice": ["adam", "sgd"]},
-             "train.optimizer_args.momentum": {"uniform": [0.5, 0.99], "when": {"train.optimizer": "sgd"}}}
-    make_job(search={"space": space})  # validates
-    seen = set()
-    for seed in range(40):
-        np.random.seed(seed)
-        _, config = next(generate_variants({"space": to_tune_space(space), "seed": seed}))
-        optimizer, momentum = config["space"]["train.optimizer"], config["space"]["train.optimizer_args.momentum"]
-        assert (momentum is not None) == (optimizer == "sgd")
-        if momentum is not None:
-            assert 0.5 <= momentum <= 0.99
-        seen.add(optimizer)
-    assert seen == {"adam", "sgd"}

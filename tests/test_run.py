@@ -5,11 +5,10 @@ from __future__ import annotations
 import io
 import json
 import os
-import signal
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import write_job
+from conftest import KillOnce, write_job
 
 from finetune.job import load_job
 from finetune.runner import run_job
@@ -85,18 +84,8 @@ def test_a_nan_trial_fails_with_its_reason_and_the_sweep_goes_on(ray_session, tm
 
 
 def test_a_killed_trial_resumes_from_its_last_checkpoint(ray_session, tmp_path, tiny_job_text):
-    from ray.tune import Callback
-
-    class KillOnce(Callback):
-        killed = False
-
-        def on_trial_result(self, iteration, trials, trial, result, **info):
-            if result["epoch"] == 2 and not KillOnce.killed:
-                KillOnce.killed = True
-                os.kill(result["worker_pid"], signal.SIGKILL)
-
     summary, printed = run(tmp_path, tiny_job_text, ["search.num_samples=1", "train.epochs=4",
-                                                     "search.space={}"], callbacks=[KillOnce()])
+                                                     "search.space={}"], callbacks=[KillOnce.at_epoch(2)])
     assert KillOnce.killed
     assert summary["num_trials"] == 1 and summary["num_failed"] == 0
     assert summary["trials"][0]["status"] == "completed" and summary["trials"][0]["epochs"] == 4
@@ -111,7 +100,7 @@ def test_what_a_killed_driver_leaves_in_the_snapshot_is_mended_before_resume(ray
     real run folder, read in this Ray's real snapshot format: a searcher state cut to nothing, and
     a snapshot naming a trial checkpoint that a newer one has already replaced."""
     from finetune.resume import KEPT_FOLDER, repair_snapshot
-    from finetune.search import TUNE_FOLDER
+    from finetune.tuner import TUNE_FOLDER
 
     summary, _ = run(tmp_path, tiny_job_text, ["search.num_samples=1", "train.epochs=2", "search.space={}"])
     tune_dir = os.path.join(summary["run_dir"], TUNE_FOLDER)

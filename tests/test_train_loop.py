@@ -9,7 +9,8 @@ import pytest
 from finetune.data import load_data
 from finetune.errors import UserError
 from finetune.job import validate_job_dict
-from finetune.train_loop import EpochTrainer, preflight
+from finetune.evaluation import preflight
+from finetune.train_loop import EpochTrainer
 
 
 def make_job(**sections):

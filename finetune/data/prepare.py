@@ -26,7 +26,7 @@ from finetune.data.convert import (
     read_image_bytes,
     row_buckets,
 )
-from finetune.errors import DataError
+from finetune.errors import DataError, innermost_cause
 from finetune.job import DatasetSpec
 
 # Data whose model inputs would take more than this stays on disk and streams.
@@ -360,10 +360,6 @@ def _split_is(row: dict, name: str) -> bool:
     return row["split"] == name
 
 
-def _no_problem(row: dict) -> bool:
-    return row["problem"] == ""
-
-
 def _in_bucket(batch: dict, low: float, high: float, seed: int) -> dict:
     buckets = row_buckets(batch["features"], seed)
     keep = (buckets >= low) & (buckets < high)
@@ -411,8 +407,6 @@ def _batch_summary(batch: dict) -> dict:
 
 
 def _first_line(error: BaseException) -> str:
-    cause = error
-    while getattr(cause, "cause", None) is not None:
-        cause = cause.cause
+    cause = innermost_cause(error)
     text = str(cause).strip().splitlines()
     return (text[0] if text else type(cause).__name__)[:400]

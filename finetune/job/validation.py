@@ -100,9 +100,9 @@ def _space_problems(raw: dict) -> list[Problem]:
             problems.append(Problem(where, spec, str(error)))
             continue
         for other, _ in domain.when:
-            if other not in space and _field_exists(other):
-                problems.append(Problem(f"{where}.when", other, f"expected a search-space entry or a field: {_field_exists(other)}"))
-        field_problem = _field_exists(dotted)
+            if other not in space and _field_problem(other):
+                problems.append(Problem(f"{where}.when", other, f"expected a search-space entry or a field: {_field_problem(other)}"))
+        field_problem = _field_problem(dotted)
         if field_problem:
             problems.append(Problem(where, dotted, field_problem))
             continue
@@ -129,7 +129,7 @@ def _space_problems(raw: dict) -> list[Problem]:
 SEARCHABLE_SECTIONS = ("model", "train")
 
 
-def _field_exists(dotted: str) -> str | None:
+def _field_problem(dotted: str) -> str | None:
     """None if `dotted` names a searchable field of the job, else what is wrong."""
     keys = dotted.split(".")
     if keys[0] not in SEARCHABLE_SECTIONS:

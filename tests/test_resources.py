@@ -1,17 +1,10 @@
-"""The resource arithmetic and scheduler choice, without a cluster."""
+"""The resource arithmetic on plain `Capacity` values, without a cluster."""
 
 import pytest
 
 from finetune.errors import UserError
 from finetune.job import validate_job_dict
-from finetune.search import (
-    GIB,
-    Capacity,
-    count_trials,
-    create_scheduler,
-    plan_concurrency,
-    trial_resources,
-)
+from finetune.resources import GIB, Capacity, plan_concurrency, trial_resources
 
 LAPTOP = Capacity(cpus=2, gpus=0, memory=16 * GIB, nodes=1)
 
@@ -50,19 +43,6 @@ def test_a_trial_larger_than_the_cluster_is_a_clear_error():
 
 def test_explicit_concurrency_is_respected():
     assert plan_concurrency(job(num_workers=1, max_concurrent_trials=1), LAPTOP, 12) == 1
-
-
-def test_grid_entries_multiply_the_trials():
-    spec = validate_job_dict({"name": "t", "search": {"num_samples": 2, "space": {
-        "train.optimizer": {"grid": ["adam", "sgd", "rmsprop"]}, "train.learning_rate": {"uniform": [0.1, 0.2]}}}})
-    assert count_trials(spec.search) == 6
-
-
-@pytest.mark.parametrize("kind,cls", [("asha", "AsyncHyperBandScheduler"), ("hyperband", "AsyncHyperBandScheduler"),
-                                      ("median", "MedianStoppingRule"), ("none", "FIFOScheduler")])
-def test_schedulers(kind, cls):
-    spec = validate_job_dict({"name": "t", "search": {"scheduler": {"type": kind}}})
-    assert type(create_scheduler(spec)).__name__ == cls
 
 
 def test_streaming_leaves_a_cpu_for_ray_data():

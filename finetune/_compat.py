@@ -1,0 +1,146 @@
+"""Every private or internal corner of Ray, Ray Tune and Keras this runner touches, and every
+process-wide setting it makes, in one place.
+
+Each corner names the version it was checked against and the upstream code or issue that explains
+it. `tests/test_compat.py` fails, naming this file, when the installed Ray or Keras differs from
+`CHECKED_VERSIONS`: re-check each corner below before moving the pin.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+
+# Ray exactly (its internals move between releases); Keras by minor version.
+CHECKED_VERSIONS = {"ray": "2.60.0", "keras": "3.15"}
+
+
+# --- process-wide settings, made once before Ray starts ------------------------------------------
+
+# Read by Ray Tune in the driver process (documented at
+# https://docs.ray.io/en/latest/tune/api/env.html unless noted).
+DRIVER_ENVIRONMENT = {
+    # Tune snapshots its state at every kept checkpoint and warns about it each epoch; the
+    # snapshots are what `--resume` needs, the warnings are noise.
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+    # Tune's own status tables would interleave with our progress lines (RAY_AIR_NEW_OUTPUT=0 is the
+    # classic reporter with verbose=0: silent), and a failed trial's traceback is kept in its
+    # error.txt; the progress line and the summary give the reason.
+    "RAY_AIR_NEW_OUTPUT": "0",
+    "TUNE_PRINT_ALL_TRIAL_ERRORS": "0",
+    # Tune's TensorBoard, JSON and CSV loggers are added by default; the runner adds the JSON and
+    # CSV ones itself (finetune.tuner.run_callbacks) and leaves out TensorBoard's.
+    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
+    # A trial that fails for good ends without raising and with no report of its metric
+    # (finetune.failures); Tune's check that every result holds the metric would refuse its end
+    # (ray/tune/execution/tune_controller.py, _validate_result_metrics, which counts the trial's
+    # config as a reported value). Trials that train report the metric every epoch: the job
+    # validates that it is one they report.
+    "TUNE_DISABLE_STRICT_METRIC_CHECKING": "1",
+}
+
+# Every Ray worker process of the run (trials, Train controllers and workers, data tasks), through
+# the job's runtime environment.
+WORKER_ENVIRONMENT = {
+    # TensorFlow's C++ start-up chatter.
+    "TF_CPP_MIN_LOG_LEVEL": "2",
+    # Ray Train v2's controller polls its workers every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (default
+    # 2 s), and each ray.train.report waits for that poll: a 0.2 s epoch would take 2 s. Internal:
+    # ray/train/v2/_internal/constants.py; TensorflowTrainer.fit() passes it from the trial's own
+    # environment to the controller (ENV_VARS_TO_PROPAGATE).
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.05",
+}
+
+
+def configure_driver() -> None:
+    """Set the driver's process-wide settings (a variable the user set keeps its value); call
+    before Ray starts."""
+    for name, value in DRIVER_ENVIRONMENT.items():
+        os.environ.setdefault(name, value)
+    logging.getLogger("ray.tune.tune").setLevel(logging.CRITICAL)  # "Trials did not complete: [...]"
+
+
+def worker_runtime_env() -> dict:
+    """The runtime environment a driver passes to `ray.init`: WORKER_ENVIRONMENT, less the
+    variables the job's own runtime environment (`ray job submit --runtime-env`) already sets, which
+    win. Ray merges the two per variable and refuses a variable set in both
+    (ray/_private/worker.py, _merge_runtime_env). The job supervisor hands the job's runtime
+    environment to the driver in RAY_JOB_CONFIG_JSON_ENV_VAR (internal:
+    ray/_private/runtime_env/constants.py)."""
+    submitted = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")).get("runtime_env") or {}
+    taken = set((submitted.get("env_vars") or {}))
+    return {"env_vars": {k: v for k, v in WORKER_ENVIRONMENT.items() if k not in taken}}
+
+
+# --- Ray Tune ------------------------------------------------------------------------------------
+
+
+def set_restored_callbacks(tuner, callbacks: list) -> None:
+    """`Tuner.restore` brings back the callbacks pickled with the experiment, which hold the old
+    driver's output stream; there is no public way to give a restored tuner new ones
+    (ray-project/ray#41364)."""
+    tuner._local_tuner._run_config.callbacks = callbacks
+
+
+def driver_staging_path(trial) -> str:
+    """The driver's local folder where Tune writes its experiment snapshot before copying it to
+    storage (ray/tune/experiment/trial.py, `trial.storage`, a StorageContext)."""
+    return trial.storage.experiment_driver_staging_path
+
+
+def checkpoints_named_in_snapshot(snapshot_text: bytes) -> set[tuple[bytes, bytes]]:
+    """(trial folder, checkpoint folder) for every checkpoint an `experiment_state-*.json` names.
+    Each trial's state is a JSON document holding its checkpoint manager pickled and hex-encoded,
+    with every checkpoint's full path inside (ray/tune/execution/experiment_state.py,
+    ray/tune/experiment/trial.py `get_json_state`)."""
+    snapshot = json.loads(snapshot_text)
+    named = set()
+    for part in (part for trial in snapshot.get("trial_data", []) for part in trial):
+        for blob in re.findall(r'"value": "([0-9a-f]+)"', part):
+            named.update(re.findall(rb"([^/\x00-\x1f]+)/(checkpoint_\d{6})", bytes.fromhex(blob)))
+    return named
+
+
+# --- Keras ---------------------------------------------------------------------------------------
+
+
+def call_outputs(layer):
+    """A nested model's output where the outer model calls it: its last inbound node. `.output` of
+    a sub-model is its own graph's; Keras 3 has no public accessor for the call
+    (keras/src/ops/node.py, Layer._inbound_nodes)."""
+    outputs = layer._inbound_nodes[-1].outputs
+    return outputs[0] if isinstance(outputs, (list, tuple)) else outputs
+
+
+def has_call(layer) -> bool:
+    return bool(layer._inbound_nodes)
+
+
+def registered_keras_names() -> dict[str, dict]:
+    """Keras' own registries of the names `keras.optimizers.get`, `keras.losses.get` and
+    `keras.activations.get` accept (keras/src/*/__init__.py, ALL_OBJECTS_DICT), for the test that
+    keeps finetune.keras_names in step with Keras."""
+    from keras.src.activations import ALL_OBJECTS_DICT as activations
+    from keras.src.losses import ALL_OBJECTS_DICT as losses
+    from keras.src.optimizers import ALL_OBJECTS_DICT as optimizers
+
+    return {"activations": activations, "losses": losses, "optimizers": optimizers}
+
+
+def working_dir_packaging():
+    """Ray's packaging of a job's `--working-dir` (ray/_private/runtime_env/packaging.py:
+    create_package, GCS_STORAGE_MAX_SIZE), for the test that the checkout's upload fits."""
+    from ray._private.runtime_env import packaging
+
+    return packaging
+
+
+def ray_up_config_util():
+    """What `ray up` runs on a cluster config before it contacts a cloud
+    (ray/autoscaler/_private/util.py: prepare_config, validate_config), for the test of
+    cluster/ray-up-aws.yaml."""
+    from ray.autoscaler._private import util
+
+    return util
