@@ -9,6 +9,7 @@ then appended to `<run>/ray.log`.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import threading
 import time
@@ -40,6 +41,7 @@ class RunLog:
 
     def attach(self, run_dir: str) -> None:
         """From now on, lines go to <run_dir>/ray.log, after those held so far."""
+        self.detach()  # a run before this one that ended without detaching (an error, Ctrl-C)
         location = storage.join(run_dir, LOG_FILE)
         with self._lock:
             self._location = location
@@ -62,6 +64,7 @@ class RunLog:
 
 
 RUN_LOG = RunLog()
+atexit.register(RUN_LOG.detach)  # a run that ended in an error still leaves its log whole
 
 
 class _ToRunLog(logging.Handler):

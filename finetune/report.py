@@ -259,7 +259,7 @@ def _importance(record: RunRecord) -> Plot | str:
     importance = parameter_importance(record)
     if isinstance(importance, str):
         return importance
-    figure, axes = _figure(8, 0.6 + 0.5 * len(importance))
+    figure, axes = _figure(8, max(2.6, 0.6 + 0.5 * len(importance)))
     names = list(importance)[::-1]
     axes.barh(names, [importance[n] for n in names], color="#47a")
     axes.set_xlabel(f"share of the variance of best {record.metric} (fANOVA)")

@@ -114,36 +114,32 @@ def _run(job: Job, run_dir: str | None, address, verbose: bool, out, callbacks, 
         storage.write_json(storage.join(run_dir, "classes.json"), data.classes)
     write_driver_marker(run_dir)  # this driver's host and pid: `finetune runs` tells running from interrupted
     RUN_LOG.attach(run_dir)  # what Ray and its workers print, unless --verbose (finetune.ray_logs)
+    if data.skipped_rows:
+        print(f"skipped {data.skipped_rows} images that do not decode (dataset.on_bad_image: skip)", file=out)
+    if progress != "quiet":
+        print(
+            f"{'resuming' if resuming else 'run'} {run_dir}\n{num_trials} trials, {concurrency} at a time, "
+            f"{job.resources.num_workers} worker(s) each ({job.executor}); Ray: {capacity.cpus:g} CPUs, "
+            f"{capacity.gpus:g} GPUs, {capacity.nodes} node(s)",
+            file=out, flush=True,
+        )
+
+    # 3. The search.
+    views = progress_views(job, progress, num_trials, concurrency, run_dir, out)
+    trackers = tracking.trial_trackers(job, run_dir)
     try:
-        if data.skipped_rows:
-            print(f"skipped {data.skipped_rows} images that do not decode (dataset.on_bad_image: skip)", file=out)
-        if progress != "quiet":
-            print(
-                f"{'resuming' if resuming else 'run'} {run_dir}\n{num_trials} trials, {concurrency} at a time, "
-                f"{job.resources.num_workers} worker(s) each ({job.executor}); Ray: {capacity.cpus:g} CPUs, "
-                f"{capacity.gpus:g} GPUs, {capacity.nodes} node(s)",
-                file=out, flush=True,
-            )
-
-        # 3. The search.
-        views = progress_views(job, progress, num_trials, concurrency, run_dir, out)
-        trackers = tracking.trial_trackers(job, run_dir)
-        watchers = [*views, *trackers, *callbacks]
-        try:
-            if resuming:
-                tuner = restore_tuner(job, run_dir, handle, watchers)
-            else:
-                tuner = create_tuner(job, run_dir, handle, concurrency, watchers)
-            results = list(tuner.fit())
-        finally:
-            for view in views:
-                getattr(view, "close", lambda: None)()
-
-        # 4. What came of it.
-        return finish_run(job, run_dir, results, data, started, out, capacity, quiet=progress == "quiet",
-                          trackers=trackers)
+        if resuming:
+            tuner = restore_tuner(job, run_dir, handle, [*views, *trackers, *callbacks])
+        else:
+            tuner = create_tuner(job, run_dir, handle, concurrency, [*views, *trackers, *callbacks])
+        results = list(tuner.fit())
     finally:
-        RUN_LOG.detach()
+        for view in views:  # a live view gives the terminal back, however the search ended
+            getattr(view, "close", lambda: None)()
+
+    # 4. What came of it.
+    return finish_run(job, run_dir, results, data, started, out, capacity, quiet=progress == "quiet",
+                      trackers=trackers)
 
 
 def progress_views(job: Job, progress: str, num_trials: int, concurrency: int, run_dir: str, out) -> list:
@@ -244,6 +240,7 @@ def finish_run(job: Job, run_dir: str, results: list, data: LoadedData, started:
         print(f"model: {summary['model_path']}", file=out)
     print(f"report: {report_path}", file=out)
     print(f"summary: {storage.join(run_dir, SUMMARY_FILE)}", file=out, flush=True)
+    RUN_LOG.detach()
     if not candidates:
         raise _no_model_error(run_dir, job, failed, reasons)
     return summary

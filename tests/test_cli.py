@@ -29,7 +29,7 @@ def test_python_m_finetune_run_prints_progress_and_writes_the_summary(tmp_path, 
     # warning, TensorFlow's start-up lines) in the run folder's ray.log instead.
     assert "\x1b[" not in result.stdout
     assert result.stderr == ""
-    assert "Token authentication" in open(os.path.join(summary["run_dir"], "ray.log")).read()
+    assert "Started a local Ray instance" in open(os.path.join(summary["run_dir"], "ray.log")).read()
     assert f"report: {summary['run_dir']}/report.html" in result.stdout
 
 

@@ -170,6 +170,12 @@ def test_report_rewrites_the_report_of_a_run_with_no_summary_yet(runs, tmp_path)
     assert "There is no test evaluation" in page
     shown = cli("show", "copy", cwd=tmp_path)
     assert shown.returncode == 0 and "best so far" in shown.stdout
+    # Its driver (this test process, here) is alive: running. Once the driver is gone: interrupted.
+    assert "run copy of job tiny: running" in shown.stdout
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    driver = json.loads((copy / "driver.json").read_text())
+    (copy / "driver.json").write_text(json.dumps({**driver, "pid": int(gone.stdout)}))
+    assert "run copy of job tiny: interrupted" in cli("show", "copy", cwd=tmp_path).stdout
 
 
 def test_each_trial_wrote_its_scalars_and_hparams_for_tensorboard(runs):
