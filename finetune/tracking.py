@@ -109,6 +109,17 @@ def finish_trackers(trackers: list, summary: dict, report_path: str | None = Non
         tracker.finish(summary, report_path)
 
 
+def mlflow_uri(value: str) -> str:
+    """A tracking URI as given (sqlite:///..., http://..., databricks); a local path names an SQLite
+    database file, made with its folder if need be. MLflow 3 refuses its old folder store unless
+    MLFLOW_ALLOW_FILE_STORE is set (mlflow/store/tracking/file_store.py); `file://` URIs still
+    reach it that way."""
+    if "://" in value or value == "databricks" or value.startswith("databricks:"):
+        return value
+    os.makedirs(os.path.dirname(os.path.abspath(value)), exist_ok=True)
+    return f"sqlite:///{os.path.abspath(value)}"
+
+
 def make_mlflow_tracker(job: Job, run_dir: str):
     from ray.tune import Callback
 
@@ -117,7 +128,7 @@ def make_mlflow_tracker(job: Job, run_dir: str):
         tags finetune.run_dir and finetune.trial_id."""
 
         def __init__(self):
-            self.uri = job.tracking.mlflow
+            self.uri = mlflow_uri(job.tracking.mlflow)
             self.experiment_name = job.tracking.mlflow_experiment or job.name
             self.runs: dict[str, str] = {}  # trial id -> MLflow run id
             self.parent: str | None = None

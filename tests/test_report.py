@@ -46,7 +46,7 @@ search:
     train.learning_rate: {{loguniform: [1.0e-4, 3.0e-2]}}
     model.head.units: {{choice: [[16], [32]]}}
 resources: {{num_workers: 1}}
-tracking: {{mlflow: "{mlflow_uri}"}}
+tracking: {{mlflow: mlflow.db}}   # an SQLite file beside the job file
 """, "search.yaml")
     regression = write_job(root, f"""
 name: diabetes

@@ -25,7 +25,7 @@ PATH_FIELDS: dict[str, tuple[str, ...]] = {
     "dataset.test.source": (),
     "model.base": ("builtin:", "keras:", "registry:"),
     "model.weights": ("imagenet", "none"),
-    "tracking.mlflow": (),  # a folder becomes an MLflow file store; URIs (sqlite:///, http://) stay
+    "tracking.mlflow": ("databricks",),  # a path names an SQLite file; URIs (sqlite:///, http://) stay
 }
 SPACE = "search.space"
 DEFAULT_STORAGE = "runs"  # under the working directory when a job names no storage_path

@@ -405,7 +405,8 @@ class TrackingSpec(_Strict):
         "`tensorboard --logdir <run>` compares trials; auto: when the tensorboard package is installed and "
         "the run folder is local (pip install 'finetune[tensorboard]')"))
     mlflow: Optional[str] = Field(None, description=(
-        "an MLflow tracking URI (sqlite:///mlflow.db, http://host:5000, or a folder): each trial becomes an "
+        "an MLflow tracking URI (sqlite:///path/mlflow.db, http://host:5000), or the path of an SQLite file "
+        "(relative to the job file): each trial becomes an "
         "MLflow run with its parameters and per-epoch metrics, under a parent run for the search that holds "
         "the best model (pip install 'finetune[mlflow]')"))
     mlflow_experiment: Optional[str] = Field(None, description="the MLflow experiment; default: the job's name")
