@@ -120,6 +120,15 @@ def mlflow_uri(value: str) -> str:
     return f"sqlite:///{os.path.abspath(value)}"
 
 
+def artifact_location(uri: str) -> str | None:
+    """Where a new experiment keeps its artifacts: beside an SQLite database, in mlflow-artifacts/
+    (MLflow's own default is ./mlruns of whatever folder the driver runs in); a server decides
+    for itself (None)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return "file://" + os.path.join(os.path.dirname(uri.removeprefix("sqlite:///")), "mlflow-artifacts")
+
+
 def make_mlflow_tracker(job: Job, run_dir: str):
     from ray.tune import Callback
 
@@ -150,7 +159,9 @@ def make_mlflow_tracker(job: Job, run_dir: str):
 
         def _experiment_id(self) -> str:
             found = self.client.get_experiment_by_name(self.experiment_name)
-            return found.experiment_id if found else self.client.create_experiment(self.experiment_name)
+            if found:
+                return found.experiment_id
+            return self.client.create_experiment(self.experiment_name, artifact_location=artifact_location(self.uri))
 
         def _parent_run(self) -> str:
             if self.parent is None:

@@ -222,6 +222,9 @@ def test_each_trial_is_an_mlflow_run_under_the_search_with_the_best_model_as_an_
         assert float(run.data.params["train.learning_rate"]) == pytest.approx(outcome["config"]["train.learning_rate"])
         history = client.get_metric_history(run.info.run_id, "val_accuracy")
         assert sorted(m.step for m in history) == list(range(1, outcome["epochs"] + 1))
+    # Artifacts beside the database, not in ./mlruns of the folder the run started from.
+    assert experiment.artifact_location == f"file://{runs['root'] / 'mlflow-artifacts'}"
+    assert (runs["root"] / "mlflow-artifacts").is_dir() and not (Path.cwd() / "mlruns").exists()
     best = trials[runs["search"]["best_trial_id"]]
     assert [a.path for a in client.list_artifacts(best.info.run_id, "model")] == ["model/model.keras"]
     assert parent.data.tags["finetune.best_trial_run"] == best.info.run_id
