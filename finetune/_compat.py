@@ -74,6 +74,21 @@ def worker_runtime_env() -> dict:
     return {"env_vars": {k: v for k, v in WORKER_ENVIRONMENT.items() if k not in taken}}
 
 
+# --- Ray core ------------------------------------------------------------------------------------
+
+
+def local_ray_resources() -> dict[str, float]:
+    """CPUs, GPUs and memory that `ray.init()` would give a local Ray on this machine, computed by
+    the code Ray's node runs at start-up, without starting anything: ResourceAndLabelSpec.resolve
+    (ray/_private/resource_and_label_spec.py). For the test that finetune.local_resources, which
+    estimates the same without importing Ray, agrees with Ray."""
+    from ray._private.resource_and_label_spec import ResourceAndLabelSpec
+
+    spec = ResourceAndLabelSpec().resolve(is_head=True, node_ip_address="127.0.0.1")
+    return {"CPU": float(spec.num_cpus), "GPU": float(spec.num_gpus), "memory": float(spec.memory),
+            "object_store_memory": float(spec.object_store_memory)}
+
+
 # --- Ray Tune ------------------------------------------------------------------------------------
 
 
@@ -144,3 +159,25 @@ def ray_up_config_util():
     from ray.autoscaler._private import util
 
     return util
+
+
+def asha_rungs(scheduler) -> list[list[float]]:
+    """Each bracket's rung milestones of a built AsyncHyperBandScheduler, smallest first
+    (ray/tune/schedulers/async_hyperband.py: `_brackets`, each a `_Bracket` whose `_rungs` are
+    (milestone, recorded) pairs, largest first), for the test that finetune.plan's rungs are Ray's."""
+    return [sorted(milestone for milestone, _ in bracket._rungs) for bracket in scheduler._brackets]
+
+
+def send_worker_output_to(handler) -> None:
+    """Hand what Ray workers print to `handler(batch)` instead of printing it on the driver's
+    terminal. With `log_to_driver=True`, `ray.init` registers Ray's printer as the "ray_print_logs"
+    handler of the driver's worker-output dispatcher (ray/_private/worker.py, connect;
+    ray/_private/ray_logging/__init__.py, WorkerStandardStreamDispatcher); there is no public way
+    to redirect it (https://docs.ray.io/en/latest/ray-observability/user-guides/configure-logging.html
+    offers only log_to_driver on or off). A batch is a dict with ip, pid, is_err, lines,
+    actor_name, task_name."""
+    from ray._private.ray_logging import global_worker_stdstream_dispatcher
+
+    global_worker_stdstream_dispatcher.remove_handler("ray_print_logs")
+    global_worker_stdstream_dispatcher.remove_handler("finetune_run_log")
+    global_worker_stdstream_dispatcher.add_handler("finetune_run_log", handler)

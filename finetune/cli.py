@@ -1,4 +1,5 @@
-"""`finetune validate|run|resume|submit`: parse the command line and call the runner.
+"""`finetune validate|plan|run|resume|submit|report|runs|show|schema`: parse the command line and
+call the module that does the work.
 
 User errors print as one message, without a traceback, and exit with code 2.
 """
@@ -6,6 +7,7 @@ User errors print as one message, without a traceback, and exit with code 2.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from finetune.errors import RunFailedError, UserError
@@ -23,18 +25,29 @@ def build_parser() -> argparse.ArgumentParser:
     validate = commands.add_parser("validate", help="check a job file without starting Ray")
     add_job_arguments(validate)
 
+    plan = commands.add_parser("plan", help="what a run would do: trials, trials at once and why, rungs, epochs")
+    add_job_arguments(plan)
+    plan.add_argument("--address", default=None,
+                      help="Ray cluster to ask (default: RAY_ADDRESS if set, else this machine, starting no Ray)")
+
+    def add_view_arguments(command: argparse.ArgumentParser) -> None:
+        command.add_argument("--verbose", action="store_true",
+                             help="show the Ray workers' own logs (else they go to the run folder's worker.log)")
+        command.add_argument("-q", "--quiet", action="store_true", help="print only the final result")
+
     run = commands.add_parser("run", help="run a job's search")
     add_job_arguments(run)
     run.add_argument("--address", default=None,
                      help="Ray cluster to join (default: RAY_ADDRESS if set, else a local Ray)")
-    run.add_argument("--verbose", action="store_true", help="show the Ray workers' own logs")
+    add_view_arguments(run)
+    run.add_argument("--dry-run", action="store_true", help="print the plan (as `finetune plan`) and start nothing")
     run.add_argument("--resume", action="store_true",
                      help="continue the newest unfinished run of this job (after its driver was killed)")
 
     resume = commands.add_parser("resume", help="continue an unfinished run folder")
     resume.add_argument("run_dir", metavar="RUN", help="a run folder, such as runs/digits/20261124-101500-ab12")
     resume.add_argument("--address", default=None, help="Ray cluster to join (as for run)")
-    resume.add_argument("--verbose", action="store_true", help="show the Ray workers' own logs")
+    add_view_arguments(resume)
 
     submit = commands.add_parser("submit", help="submit a job to a Ray cluster (ray job submit, in one command)")
     add_job_arguments(submit)
@@ -46,7 +59,23 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--working-dir", default=".", help="folder uploaded with the job (default: .)")
     submit.add_argument("--no-follow", dest="follow", action="store_false",
                         help="return once submitted instead of streaming the logs")
+
+    report = commands.add_parser("report", help="(re)write a run's report.html, finished or not")
+    report.add_argument("run_dir", metavar="RUN", help="a run folder")
+    runs = commands.add_parser("runs", help="list runs with their state, best metric and wall time")
+    runs.add_argument("name", nargs="?", default=None, metavar="NAME", help="only the runs of this job")
+    runs.add_argument("--storage-path", default="runs", help="where the runs are (default: runs)")
+    show = commands.add_parser("show", help="a run's summary, as people read it")
+    show.add_argument("run_dir", metavar="RUN", help="a run folder")
+    commands.add_parser("schema", help="print the JSON Schema of job files")
     return parser
+
+
+def progress_mode(args: argparse.Namespace) -> str:
+    """quiet with -q; a live view on a terminal; else one plain line per event."""
+    if args.quiet:
+        return "quiet"
+    return "live" if sys.stdout.isatty() and os.environ.get("TERM", "") != "dumb" else "plain"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,8 +84,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "resume":
             from finetune.runner import resume_run
 
-            resume_run(args.run_dir, address=args.address, verbose=args.verbose)
+            resume_run(args.run_dir, address=args.address, verbose=args.verbose, progress=progress_mode(args))
             return 0
+        if args.command in ("report", "runs", "show", "schema"):
+            return browse(args)
         if args.command == "submit":
             from finetune.submit import submit
 
@@ -71,13 +102,39 @@ def main(argv: list[str] | None = None) -> int:
             check_inputs_exist(job, args.job)
             print(f"{args.job}: valid ({job.search.num_samples} samples, executor {job.executor})")
             return 0
+        if args.command == "plan" or args.dry_run:
+            from finetune.plan import format_plan, make_plan
+
+            print(format_plan(make_plan(job, args.address), args.job))
+            return 0
         from finetune.runner import run_job
 
-        run_job(job, address=args.address, verbose=args.verbose, resume=args.resume)
+        run_job(job, address=args.address, verbose=args.verbose, resume=args.resume, progress=progress_mode(args))
         return 0
     except (UserError, RunFailedError) as error:
         print(f"error: {error}", file=sys.stderr)
         return error.exit_code
+
+
+def browse(args: argparse.Namespace) -> int:
+    """The commands that read runs and write no run: report, runs, show, schema."""
+    if args.command == "schema":
+        from finetune.job.json_schema import schema_text
+
+        print(schema_text(), end="")
+        return 0
+    from finetune import run_folders
+
+    if args.command == "runs":
+        print(run_folders.format_runs(run_folders.list_runs(args.storage_path, args.name)))
+        return 0
+    if args.command == "show":
+        print(run_folders.format_show(run_folders.read_run(args.run_dir)))
+        return 0
+    from finetune.report import write_report
+
+    print(f"report: {write_report(args.run_dir)}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -42,10 +42,13 @@ def preflight(job: Job, data: LoadedData) -> None:
 
 
 def evaluate_in_worker(model_path: str, job_dict: dict, test: Split | StreamSplit, num_classes: int,
-                       input_shape: tuple[int, ...]) -> dict:
+                       input_shape: tuple[int, ...]) -> tuple[dict, dict]:
     """The best model, loaded as any Keras user would load it, scored on the held-out test split.
-    Only the test split travels here, not the whole data set."""
+    Only the test split travels here, not the whole data set. Returns its metrics and, for the
+    report, what the driver cannot compute without the model: the confusion matrix
+    (classification) or the true and predicted values (regression; `finetune.report` plots them)."""
     import keras
+    import numpy as np
 
     from finetune.optimization import encode_labels, label_encoding
 
@@ -54,8 +57,11 @@ def evaluate_in_worker(model_path: str, job_dict: dict, test: Split | StreamSpli
         local = storage.fetch_to_local(model_path, os.path.join(directory, os.path.basename(model_path)))
         model = keras.models.load_model(local)
     encoding = label_encoding(job.train.loss, job.model.task)
+    details = PredictionTally(job.model.task, encoding, num_classes)
     if isinstance(test, Split):
-        scores = model.evaluate(test.features, encode_labels(test.labels, encoding, num_classes), batch_size=256, verbose=0, return_dict=True)
+        labels = encode_labels(test.labels, encoding, num_classes)
+        scores = model.evaluate(test.features, labels, batch_size=256, verbose=0, return_dict=True)
+        details.add(test.labels, model.predict(test.features, batch_size=256, verbose=0))
     else:
         import tensorflow as tf
 
@@ -71,4 +77,43 @@ def evaluate_in_worker(model_path: str, job_dict: dict, test: Split | StreamSpli
         # A known length, so Keras does not warn that the generator "ran out of data".
         batched = batched.apply(tf.data.experimental.assert_cardinality(math.ceil(len(test) / 256)))
         scores = model.evaluate(batched, verbose=0, return_dict=True)
-    return {name: float(value) for name, value in scores.items()}
+        for batch in test.dataset.iter_batches(batch_size=256, batch_format="numpy"):
+            details.add(np.asarray(batch["label"]), model.predict(batch["features"], verbose=0))
+    return {name: float(value) for name, value in scores.items()}, details.result()
+
+
+class PredictionTally:
+    """The test split's predictions, gathered batch by batch: a confusion matrix of counts (rows:
+    true class, columns: predicted class), or for regression up to MAX_POINTS (true, predicted)
+    pairs, evenly spaced over the split."""
+
+    MAX_POINTS = 5000
+
+    def __init__(self, task: str, encoding: str, num_classes: int):
+        import numpy as np
+
+        self.task, self.encoding, self.num_classes = task, encoding, num_classes
+        self.matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
+        self.true: list[float] = []
+        self.predicted: list[float] = []
+
+    def add(self, labels, outputs) -> None:
+        import numpy as np
+
+        outputs = np.asarray(outputs, dtype=np.float64)
+        if self.task == "regression":
+            self.true.extend(np.asarray(labels, dtype=np.float64).ravel().tolist())
+            self.predicted.extend(outputs.reshape(len(outputs), -1)[:, 0].tolist())
+            return
+        if self.encoding == "binary":
+            predicted = (outputs.reshape(-1) >= 0.5).astype(np.int64)
+        else:
+            predicted = outputs.reshape(len(outputs), -1).argmax(axis=1)
+        np.add.at(self.matrix, (np.asarray(labels, dtype=np.int64).ravel(), predicted), 1)
+
+    def result(self) -> dict:
+        if self.task == "regression":
+            step = max(1, len(self.true) // self.MAX_POINTS)
+            return {"kind": "residuals", "true": self.true[::step], "predicted": self.predicted[::step],
+                    "rows": len(self.true)}
+        return {"kind": "confusion_matrix", "counts": self.matrix.tolist()}

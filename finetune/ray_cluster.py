@@ -15,7 +15,8 @@ def connect(address: str | None = None, verbose: bool = False, dashboard: bool =
     starts), or else start a local Ray. Never starts a second Ray beside a cluster it was sent to.
 
     The driver's process-wide settings are made first, and every worker of the run gets
-    `_compat.WORKER_ENVIRONMENT` through the job's runtime environment.
+    `_compat.WORKER_ENVIRONMENT` through the job's runtime environment. Without `verbose`, what
+    the workers print and what Ray logs goes to the run's ray.log (finetune.ray_logs).
 
     dashboard: start the dashboard with a local Ray. Trials that drive Ray Train runs need it: its
     placement-group cleaner frees the workers of trials a scheduler stops (without it, stopped
@@ -24,15 +25,22 @@ def connect(address: str | None = None, verbose: bool = False, dashboard: bool =
     hundred MB."""
     import ray
 
+    from finetune import ray_logs
+
     _compat.configure_driver()
     if ray.is_initialized():
         return capacity(started_here=not os.environ.get("RAY_ADDRESS"))
     address = address or os.environ.get("RAY_ADDRESS")
-    common = dict(logging_level=logging.WARNING, log_to_driver=verbose, runtime_env=_compat.worker_runtime_env())
+    if not verbose:
+        ray_logs.keep_off_screen()  # the workers' output and Ray's warnings go to the run's ray.log
+    common = dict(logging_level=logging.INFO if not verbose else logging.WARNING, log_to_driver=True,
+                  runtime_env=_compat.worker_runtime_env())
     if address:
         ray.init(address=address, **common)
     else:
         ray.init(address="local", include_dashboard=dashboard, **common)
+    if not verbose:
+        _compat.send_worker_output_to(ray_logs.worker_output)
     return capacity(started_here=not address)
 
 
@@ -64,6 +72,34 @@ def capacity(started_here: bool = True) -> Capacity:
         nodes=len(nodes),
         started_here=started_here,
     )
+
+
+def local_capacity() -> Capacity:
+    """What a local Ray would offer on this machine (`connect` with no address), estimated without
+    importing Ray (finetune.local_resources): for `finetune plan`."""
+    from finetune import local_resources
+
+    return Capacity(cpus=float(local_resources.cpus()), gpus=float(local_resources.gpus()),
+                    memory=local_resources.memory(), nodes=1)
+
+
+def cluster_capacity(address: str) -> Capacity:
+    """What the running cluster at `address` offers now; this process joins it as a driver and
+    leaves again (it starts no Ray of its own)."""
+    import ray
+
+    from finetune import ray_logs
+
+    _compat.configure_driver()
+    joined_here = not ray.is_initialized()
+    if joined_here:
+        ray_logs.keep_off_screen()  # Ray's connection messages are not the plan
+        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+    try:
+        return capacity(started_here=False)
+    finally:
+        if joined_here:
+            ray.shutdown()
 
 
 def check_reachable(storage_location: str, inputs: dict[str, str], capacity: Capacity) -> None:

@@ -43,21 +43,36 @@ def trial_resources(job: Job) -> dict[str, float]:
     return resources
 
 
-def plan_concurrency(job: Job, capacity: Capacity, num_trials: int, streaming: bool = False,
-                     local: bool = True) -> int:
-    """How many trials may run at once: as many as the CPUs, GPUs and memory hold, so that no
-    trial's workers wait forever for CPUs another trial's driver holds, memory never runs out, and
-    streaming data keeps CPUs free for Ray Data's read tasks (else those wait behind the workers
-    that wait for their data).
+@dataclass(frozen=True)
+class ConcurrencyPlan:
+    """The resource arithmetic of one run, spelled out: what one trial needs, how many trials each
+    resource holds, which limit binds, and the result."""
+
+    cpus_per_trial: float  # the workers' CPUs, plus those left to Ray Data when the data streams
+    gpus_per_trial: float
+    memory_per_trial: float  # bytes, estimated (estimated_trial_memory)
+    limits: dict[str, int]  # "CPUs" | "GPUs" | "memory" -> trials that resource holds at once
+    binding: str  # "CPUs" | "GPUs" | "memory" | "trials" (fewer trials than room) | "max_concurrent_trials"
+    trials_at_once: int
+    fits: bool  # one trial fits the cluster as it is now
+
+
+def concurrency_limits(job: Job, capacity: Capacity, num_trials: int, streaming: bool = False,
+                       local: bool = True) -> ConcurrencyPlan:
+    """Every limit on how many trials run at once, and the one that binds: as many as the CPUs,
+    GPUs and memory hold, so that no trial's workers wait forever for CPUs another trial's driver
+    holds, memory never runs out, and streaming data keeps CPUs free for Ray Data's read tasks
+    (else those wait behind the workers that wait for their data).
 
     On a cluster Ray was asked to join (`local` false), one trial that does not fit yet is not an
     error: the autoscaler may add nodes, and Tune queues the trials until it has.
     """
     resources = job.resources
     cpus_needed = resources.num_workers * resources.cpus_per_worker + data_cpus(job, streaming)
+    gpus_needed = resources.num_workers * resources.gpus_per_worker if resources.use_gpu else 0.0
     limits = {"CPUs": math.floor(capacity.cpus / cpus_needed + 1e-9)}
     if resources.use_gpu:
-        limits["GPUs"] = math.floor(capacity.gpus / (resources.num_workers * resources.gpus_per_worker) + 1e-9)
+        limits["GPUs"] = math.floor(capacity.gpus / gpus_needed + 1e-9)
     limits["memory"] = math.floor(capacity.memory / estimated_trial_memory(job))
     fitting = min(limits.values())
     if fitting < 1 and local:
@@ -70,8 +85,20 @@ def plan_concurrency(job: Job, capacity: Capacity, num_trials: int, streaming: b
             f"resources.num_workers or cpus_per_worker, or run on a larger cluster."
         )
     if resources.max_concurrent_trials != "auto":
-        return max(1, min(resources.max_concurrent_trials, num_trials))
-    return max(1, min(fitting, num_trials))
+        at_once, binding = max(1, min(resources.max_concurrent_trials, num_trials)), "max_concurrent_trials"
+    else:
+        binding = min(limits, key=limits.get)  # ties: CPUs, then GPUs, then memory
+        if num_trials < limits[binding]:
+            binding = "trials"
+        at_once = max(1, min(fitting, num_trials))
+    return ConcurrencyPlan(cpus_needed, gpus_needed, estimated_trial_memory(job), limits, binding, at_once,
+                           fitting >= 1)
+
+
+def plan_concurrency(job: Job, capacity: Capacity, num_trials: int, streaming: bool = False,
+                     local: bool = True) -> int:
+    """How many trials may run at once (`concurrency_limits`, its result alone)."""
+    return concurrency_limits(job, capacity, num_trials, streaming, local).trials_at_once
 
 
 def data_cpus(job: Job, streaming: bool) -> float:

@@ -12,11 +12,13 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from finetune import reports, storage
+from finetune import reports, storage, tracking
 from finetune.data import LoadedData, check_fits_workers, load_data
 from finetune.errors import RunFailedError, UserError
 from finetune.failures import USER_ERROR, trial_failures
 from finetune.job import Job, to_yaml
+from finetune.ray_logs import RUN_LOG
+from finetune.run_folders import write_driver_marker
 from finetune.registry import SUMMARY_FILE
 from finetune.resources import plan_concurrency
 from finetune.search_space import count_trials
@@ -25,20 +27,23 @@ from finetune.tuner import TUNE_FOLDER, create_tuner, restore_tuner
 
 METRICS_FILE = "metrics.parquet"
 MODEL_FILE = "model.keras"
+EVALUATION_FILE = "evaluation.json"  # the best model's confusion matrix or residuals on the test split
 
 
 def run_job(job: Job, address: str | None = None, verbose: bool = False, out=None,
-            callbacks: tuple = (), resume: bool = False) -> dict:
+            callbacks: tuple = (), resume: bool = False, progress: str = "plain") -> dict:
     """Run a job's whole search and return its summary (also written to summary.json).
 
     resume: continue the newest unfinished run of this job instead of starting a new one.
-    callbacks: extra `ray.tune.Callback`s, for callers that watch trials as they run."""
+    callbacks: extra `ray.tune.Callback`s, for callers that watch trials as they run.
+    progress: plain (a line per event), live (a view refreshed in place, for terminals) or quiet
+    (only the final result)."""
     run_dir = unfinished_run(job) if resume else None
-    return _run(job, run_dir, address, verbose, out or sys.stdout, callbacks)
+    return _run(job, run_dir, address, verbose, out or sys.stdout, callbacks, progress)
 
 
 def resume_run(run_dir: str, address: str | None = None, verbose: bool = False, out=None,
-               callbacks: tuple = ()) -> dict:
+               callbacks: tuple = (), progress: str = "plain") -> dict:
     """Continue a run whose driver stopped (killed, lost its node): finished trials are kept,
     trials in flight restart from their last checkpoints, the rest start."""
     import yaml
@@ -52,7 +57,7 @@ def resume_run(run_dir: str, address: str | None = None, verbose: bool = False, 
     if storage.exists(storage.join(run_dir, SUMMARY_FILE)):
         raise UserError(f"resume: run {run_dir} already finished (it has {SUMMARY_FILE}); nothing to resume.")
     job = validate_job_dict(yaml.safe_load(storage.read_bytes(job_file)), source=job_file)
-    return _run(job, run_dir, address, verbose, out or sys.stdout, callbacks)
+    return _run(job, run_dir, address, verbose, out or sys.stdout, callbacks, progress)
 
 
 def unfinished_run(job: Job) -> str:
@@ -70,7 +75,7 @@ def unfinished_run(job: Job) -> str:
     return run_dir
 
 
-def _run(job: Job, run_dir: str | None, address, verbose: bool, out, callbacks) -> dict:
+def _run(job: Job, run_dir: str | None, address, verbose: bool, out, callbacks, progress: str = "plain") -> dict:
     started = time.time()
 
     # 1. Everything that can be wrong with the input, before anything is written.
@@ -78,6 +83,7 @@ def _run(job: Job, run_dir: str | None, address, verbose: bool, out, callbacks) 
     from finetune.job import check_inputs_exist, local_inputs
 
     check_inputs_exist(job, f"job {job.name!r}")
+    tracking.check_available(job, f"job {job.name!r}")
 
     # Ray starts first: file sources are read by Ray Data, and TensorFlow work runs in Ray workers,
     # so this driver never imports TensorFlow (it stays light on a cluster's head node).
@@ -106,25 +112,45 @@ def _run(job: Job, run_dir: str | None, address, verbose: bool, out, callbacks) 
         run_dir = new_run_dir(job)
         storage.write_bytes(storage.join(run_dir, "job.yaml"), to_yaml(job).encode())
         storage.write_json(storage.join(run_dir, "classes.json"), data.classes)
+    write_driver_marker(run_dir)  # this driver's host and pid: `finetune runs` tells running from interrupted
+    RUN_LOG.attach(run_dir)  # what Ray and its workers print, unless --verbose (finetune.ray_logs)
     if data.skipped_rows:
         print(f"skipped {data.skipped_rows} images that do not decode (dataset.on_bad_image: skip)", file=out)
-    print(
-        f"{'resuming' if resuming else 'run'} {run_dir}\n{num_trials} trials, {concurrency} at a time, "
-        f"{job.resources.num_workers} worker(s) each ({job.executor}); Ray: {capacity.cpus:g} CPUs, "
-        f"{capacity.gpus:g} GPUs, {capacity.nodes} node(s)",
-        file=out, flush=True,
-    )
+    if progress != "quiet":
+        print(
+            f"{'resuming' if resuming else 'run'} {run_dir}\n{num_trials} trials, {concurrency} at a time, "
+            f"{job.resources.num_workers} worker(s) each ({job.executor}); Ray: {capacity.cpus:g} CPUs, "
+            f"{capacity.gpus:g} GPUs, {capacity.nodes} node(s)",
+            file=out, flush=True,
+        )
 
     # 3. The search.
-    progress = reports.make_progress_printer(job, num_trials, run_dir, out)
-    if resuming:
-        tuner = restore_tuner(job, run_dir, handle, [progress, *callbacks])
-    else:
-        tuner = create_tuner(job, run_dir, handle, concurrency, [progress, *callbacks])
-    results = list(tuner.fit())
+    views = progress_views(job, progress, num_trials, concurrency, run_dir, out)
+    trackers = tracking.trial_trackers(job, run_dir)
+    try:
+        if resuming:
+            tuner = restore_tuner(job, run_dir, handle, [*views, *trackers, *callbacks])
+        else:
+            tuner = create_tuner(job, run_dir, handle, concurrency, [*views, *trackers, *callbacks])
+        results = list(tuner.fit())
+    finally:
+        for view in views:  # a live view gives the terminal back, however the search ended
+            getattr(view, "close", lambda: None)()
 
     # 4. What came of it.
-    return finish_run(job, run_dir, results, data, started, out, capacity)
+    return finish_run(job, run_dir, results, data, started, out, capacity, quiet=progress == "quiet",
+                      trackers=trackers)
+
+
+def progress_views(job: Job, progress: str, num_trials: int, concurrency: int, run_dir: str, out) -> list:
+    """The Tune callback that shows the search as it runs: a live view, plain lines, or none."""
+    if progress == "quiet":
+        return []
+    if progress == "live":
+        from finetune.live_view import make_live_view
+
+        return [make_live_view(job, num_trials, concurrency, run_dir, out)]
+    return [reports.make_progress_printer(job, num_trials, run_dir, out)]
 
 
 def new_run_dir(job: Job) -> str:
@@ -134,7 +160,8 @@ def new_run_dir(job: Job) -> str:
     return run_dir
 
 
-def finish_run(job: Job, run_dir: str, results: list, data: LoadedData, started: float, out, capacity) -> dict:
+def finish_run(job: Job, run_dir: str, results: list, data: LoadedData, started: float, out, capacity,
+               quiet: bool = False, trackers: list = ()) -> dict:
     outcomes = reports.trial_outcomes(results, job, trial_failures(run_dir))
     rows = reports.metrics_rows(results, list(job.search.space))
     reports.write_parquet(reports.metrics_table(rows), storage.join(run_dir, METRICS_FILE))
@@ -172,22 +199,30 @@ def finish_run(job: Job, run_dir: str, results: list, data: LoadedData, started:
         model_path = storage.join(run_dir, MODEL_FILE)
         best_row = copy_best_checkpoint(result, [r for r in rows if r["trial_id"] == best.trial_id],
                                         best.best_metric, job, run_dir, model_path)
+        test_metrics, test_details = evaluate_on_test(model_path, data, job)
+        if test_details is not None:  # the confusion matrix or the residuals, for the report
+            storage.write_json(storage.join(run_dir, EVALUATION_FILE), test_details)
         summary.update(
             best_trial_id=best.trial_id,
             best_epoch=best_row["epoch"],
             best_config=best.config,
             best_metrics={k: v for k, v in best_row.items() if isinstance(v, (int, float)) and not k.startswith("config.")},
             model_path=model_path,
-            test_metrics=evaluate_on_test(model_path, data, job),
+            test_metrics=test_metrics,
         )
     else:
         summary["status"] = "failed"
     storage.write_json(storage.join(run_dir, SUMMARY_FILE), summary)
+    from finetune.report import write_report
 
-    print("", file=out)
-    reports.print_final_table(outcomes, job, out)
+    report_path = write_report(run_dir)
+    tracking.finish_trackers(trackers, summary, report_path)
+
+    if not quiet:
+        print("", file=out)
+        reports.print_final_table(outcomes, job, out)
     print(
-        f"\n{summary['num_trials']} trials: {summary['num_completed']} completed, "
+        f"{'' if quiet else chr(10)}{summary['num_trials']} trials: {summary['num_completed']} completed, "
         f"{summary['num_stopped_early']} stopped early, {summary['num_failed']} failed "
         f"in {summary['wall_seconds']:.0f}s",
         file=out,
@@ -203,7 +238,9 @@ def finish_run(job: Job, run_dir: str, results: list, data: LoadedData, started:
               f"{job.search.metric} {summary['best_metrics'][job.search.metric]:.4f}; "
               f"test {_format_metrics(summary['test_metrics'])}", file=out)
         print(f"model: {summary['model_path']}", file=out)
+    print(f"report: {report_path}", file=out)
     print(f"summary: {storage.join(run_dir, SUMMARY_FILE)}", file=out, flush=True)
+    RUN_LOG.detach()
     if not candidates:
         raise _no_model_error(run_dir, job, failed, reasons)
     return summary
@@ -245,10 +282,11 @@ def copy_best_checkpoint(result, trial_rows: list[dict], best_value: float, job:
     raise RuntimeError(f"no checkpoint of trial {trial_rows[0]['trial_id']} with {metric} {best_value} is left")
 
 
-def evaluate_on_test(model_path: str, data: LoadedData, job: Job) -> dict | None:
-    """The best model scored on the held-out test split, in a Ray worker (see finetune.evaluation)."""
+def evaluate_on_test(model_path: str, data: LoadedData, job: Job) -> tuple[dict | None, dict | None]:
+    """The best model scored on the held-out test split, in a Ray worker (see finetune.evaluation):
+    its metrics, and its confusion matrix (classification) or residuals (regression)."""
     if data.test is None:
-        return None
+        return None, None
     from finetune import ray_cluster
     from finetune.evaluation import evaluate_in_worker
 

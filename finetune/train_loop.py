@@ -106,7 +106,8 @@ def run_worker_loop(config: dict, session) -> None:
     """Train one trial's model for `train.epochs` epochs, resuming from the latest checkpoint.
 
     config: {"job": resolved job dict, "seed": int, "data": DataHandle, "trial_dir": str,
-             "trial_started_at": float (time.time() when the trial started)}
+             "trial_started_at": float (time.time() when the trial started), and for TensorBoard
+             "run_dir", "trial_id", "sampled" (the trial's sampled values)}
     """
     job = Job.model_validate(config["job"])
     configure_tensorflow(job.resources.cpus_per_worker)
@@ -121,8 +122,27 @@ def run_worker_loop(config: dict, session) -> None:
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
             start_epoch = trainer.restore(directory)
-    first_step_at = None
     node_id = ray.get_runtime_context().get_node_id()
+    board = trial_board(job, config, session.world_rank)
+    try:
+        train_epochs(job, config, session, trainer, start_epoch, node_id, board)
+    finally:
+        if board is not None:
+            board.close()
+
+
+def trial_board(job: Job, config: dict, rank: int):
+    """Rank 0's TensorBoard writer for this trial, when tracking.tensorboard is on (finetune.tracking)."""
+    from finetune.tracking import TrialBoard, tensorboard_enabled
+
+    if rank != 0 or "run_dir" not in config or not tensorboard_enabled(job, config["run_dir"]):
+        return None
+    return TrialBoard(job, config["run_dir"], config["trial_id"], config["sampled"], config["seed"])
+
+
+def train_epochs(job: Job, config: dict, session, trainer: "EpochTrainer", start_epoch: int, node_id: str,
+                 board) -> None:
+    first_step_at = None
     for epoch in range(start_epoch + 1, job.train.epochs + 1):
         metrics = trainer.train_epoch(epoch)
         metrics["node_id"] = node_id  # where rank 0 trained: trials spread over a cluster's nodes
@@ -136,6 +156,8 @@ def run_worker_loop(config: dict, session) -> None:
                 record_failure(config["trial_dir"], f"{bad[0]} became {metrics[bad[0]]} at epoch {epoch}",
                                NON_FINITE, epoch=epoch, metrics=metrics)
             return
+        if board is not None:
+            board.epoch(epoch, metrics)
         with tempfile.TemporaryDirectory(prefix="finetune-ckpt-") as directory:
             saved = trainer.save(directory, epoch) if session.world_rank == 0 else None
             session.report(metrics, saved)

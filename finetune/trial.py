@@ -50,7 +50,8 @@ def run_trial(config: dict, *, job_dict: dict, run_dir: str, data: DataHandle) -
     try:
         job = trial_job(job_dict, config["space"])
         loop_config = {"job": job.model_dump(mode="json"), "seed": config["seed"], "data": data,
-                       "trial_dir": trial_dir, "trial_started_at": started_at}
+                       "trial_dir": trial_dir, "trial_started_at": started_at, "run_dir": run_dir,
+                       "trial_id": trial_id, "sampled": config["space"]}
         if job.executor == "in_trial":
             from finetune.train_loop import TuneTrialSession, run_worker_loop
 

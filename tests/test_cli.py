@@ -25,7 +25,12 @@ def test_python_m_finetune_run_prints_progress_and_writes_the_summary(tmp_path, 
     summary_path = result.stdout.strip().splitlines()[-1].removeprefix("summary: ")
     summary = json.load(open(summary_path))
     assert summary["num_trials"] == 2 and summary["model_path"].endswith("model.keras")
-    assert "Traceback" not in result.stderr
+    # Through a pipe: plain lines, no terminal control, and Ray's and the workers' noise (the token
+    # warning, TensorFlow's start-up lines) in the run folder's ray.log instead.
+    assert "\x1b[" not in result.stdout
+    assert result.stderr == ""
+    assert "Started a local Ray instance" in open(os.path.join(summary["run_dir"], "ray.log")).read()
+    assert f"report: {summary['run_dir']}/report.html" in result.stdout
 
 
 @pytest.mark.ray
@@ -68,14 +73,18 @@ search: {{num_samples: 2, scheduler: none, space: {space}}}
 def test_a_run_whose_trials_all_fail_on_a_user_error_exits_2_with_the_reason_once(tmp_path):
     # The job itself is sound (the pre-flight step passes); each trial's sampled layer is not.
     folder, elsewhere = relative_project(tmp_path, epochs=2, space="{model.cut_at: {choice: [nope]}}")
-    result = subprocess.run([sys.executable, "-m", "finetune", "run", "../project/job.yaml"], cwd=elsewhere,
+    result = subprocess.run([sys.executable, "-m", "finetune", "run", "../project/job.yaml", "-q"], cwd=elsewhere,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "started" not in result.stdout and "epoch" not in result.stdout  # -q: only the result
     assert "every trial failed, so there is no model" in result.stderr
     assert result.stderr.count("model.cut_at: no layer 'nope'") == 1  # two trials, one reason, said once
     assert "Fix the job or the files it names" in result.stderr and "Traceback" not in result.stderr
     summary = json.loads(next((elsewhere / "runs" / "relative").glob("*/summary.json")).read_text())
     assert summary["status"] == "failed" and summary["num_failed"] == 2 and summary["model_path"] is None
+    report = (elsewhere / "runs" / "relative" / os.path.basename(summary["run_dir"]) / "report.html").read_text()
+    assert "No trial produced a model" in report and "no layer &#x27;nope&#x27;" in report
+    assert "No trial reported val_accuracy, so there are no learning curves." in report
 
 
 @pytest.mark.ray

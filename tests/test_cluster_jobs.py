@@ -50,3 +50,14 @@ def test_finetune_submit_follows_the_logs_and_refuses_a_duplicate_id(ray_head, t
     again = subprocess.run(command, cwd=REPO, env=ray_head.env, capture_output=True, text=True, timeout=120)
     assert again.returncode == 2 and "--submission-id: test-wine-1 already exists" in again.stderr
     assert "Traceback" not in again.stderr
+
+
+def test_plan_with_an_address_asks_that_cluster(ray_head):
+    """The head was started with 2 CPUs; the plan reads them from it and leaves it running."""
+    result = subprocess.run([sys.executable, "-m", "finetune", "plan", "jobs/digits.yaml", "--address",
+                             ray_head.gcs_address, "--set", "resources.num_workers=1"], cwd=REPO, env=ray_head.env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"cluster: the cluster at {ray_head.gcs_address}: 2 CPUs, 0 GPUs" in result.stdout
+    assert "trials at once: 2, bound by CPUs" in result.stdout
+    assert result.stderr == "" and ray_head.process.poll() is None

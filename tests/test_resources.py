@@ -58,3 +58,17 @@ def test_a_joined_cluster_may_grow_so_a_trial_that_does_not_fit_yet_waits():
     scaled_down = Capacity(cpus=0, gpus=0, memory=8 * GIB, nodes=1, started_here=False)
     assert plan_concurrency(job(num_workers=4, use_gpu=True), scaled_down, 12, local=False) == 1
     assert plan_concurrency(job(num_workers=4, max_concurrent_trials=3), scaled_down, 12, local=False) == 3
+
+
+def test_every_limit_is_given_with_the_one_that_binds():
+    from finetune.resources import concurrency_limits
+
+    limits = concurrency_limits(job(num_workers=1), Capacity(cpus=64, gpus=0, memory=3.5 * GIB, nodes=1), 100)
+    assert limits.limits == {"CPUs": 64, "memory": 3} and limits.binding == "memory" and limits.trials_at_once == 3
+    assert (limits.cpus_per_trial, limits.gpus_per_trial, limits.memory_per_trial) == (1, 0, 1 * GIB)
+    gpus = concurrency_limits(job(num_workers=4, use_gpu=True), Capacity(cpus=128, gpus=8, memory=512 * GIB, nodes=4), 12)
+    assert gpus.limits["GPUs"] == 2 and gpus.binding == "GPUs"
+    assert concurrency_limits(job(num_workers=1), LAPTOP, 1).binding == "trials"
+    assert concurrency_limits(job(num_workers=1), LAPTOP, 12).binding == "CPUs"
+    waiting = concurrency_limits(job(num_workers=4), Capacity(cpus=0, gpus=0, memory=8 * GIB, nodes=1), 12, local=False)
+    assert not waiting.fits and waiting.trials_at_once == 1

@@ -25,6 +25,7 @@ PATH_FIELDS: dict[str, tuple[str, ...]] = {
     "dataset.test.source": (),
     "model.base": ("builtin:", "keras:", "registry:"),
     "model.weights": ("imagenet", "none"),
+    "tracking.mlflow": ("databricks",),  # a path names an SQLite file; URIs (sqlite:///, http://) stay
 }
 SPACE = "search.space"
 DEFAULT_STORAGE = "runs"  # under the working directory when a job names no storage_path

@@ -32,9 +32,9 @@ class SplitSpec(_Strict):
     """How rows are held out: seeded, stratified fractions (default 0.2 and 0.2), or a column whose
     values (train, validation, test) name each row's split."""
 
-    validation: Optional[float] = Field(None, gt=0, lt=1, description="default 0.2")
-    test: Optional[float] = Field(None, ge=0, lt=1, description="default 0.2")
-    column: Optional[str] = None
+    validation: Optional[float] = Field(None, gt=0, lt=1, description="fraction of rows for validation (default 0.2)")
+    test: Optional[float] = Field(None, ge=0, lt=1, description="fraction of rows held out for the test (default 0.2)")
+    column: Optional[str] = Field(None, description="a column whose values (train, validation, test) name each row's split")
 
     @model_validator(mode="after")
     def _fractions_or_column(self) -> "SplitSpec":
@@ -58,8 +58,8 @@ Format = Literal["parquet", "csv", "arrow", "images"]
 class SourceSpec(_Strict):
     """Files of one split, when train, validation and test come separately."""
 
-    source: str = Field(min_length=1)
-    format: Optional[Format] = None
+    source: str = Field(min_length=1, description="files, a folder, a glob or a URI of this split")
+    format: Optional[Format] = Field(None, description="default: from the file names")
 
 
 def _fraction(value: Any) -> Any:
@@ -78,22 +78,28 @@ class DatasetSpec(_Strict):
     that pyarrow opens (file://, s3://, gs://, hdfs://), with credentials from the environment."""
 
     source: Optional[str] = Field(None, description="files, a folder, a glob, a URI, or sklearn:NAME")
-    format: Optional[Format] = None
-    label: str = "label"
+    format: Optional[Format] = Field(None, description="parquet, csv, arrow or images; default: from the file names")
+    label: str = Field("label", description="the column (or, for image folders, the folder level) holding the target")
     features: Optional[list[str]] = Field(None, description="default: every column but the label")
     image_column: Optional[str] = Field(None, description="a table column of image paths or encoded images")
-    image_size: Optional[tuple[Annotated[int, Field(gt=0)], Annotated[int, Field(gt=0)]]] = None
-    channels: Optional[Literal[1, 3]] = None
-    on_bad_image: Literal["error", "skip"] = "error"
+    image_size: Optional[tuple[Annotated[int, Field(gt=0)], Annotated[int, Field(gt=0)]]] = Field(
+        None, description="[height, width] every image is resized to")
+    channels: Optional[Literal[1, 3]] = Field(None, description="1 (grey) or 3 (RGB); default: from the first image")
+    on_bad_image: Literal["error", "skip"] = Field(
+        "error", description="an image that does not decode: stop the run (error) or skip and count it (skip)")
     classes: Optional[list[Union[str, int]]] = Field(
         None, description="keep only rows with these labels (others are dropped), e.g. digits 0-4")
-    rescale: Optional[Annotated[float, Field(gt=0)]] = None
-    normalize: Union[Literal["auto"], bool] = Field("auto", description="auto: for builtin bases")
-    in_memory: Union[Literal["auto"], bool] = Field("auto", description="auto: when the files are small")
-    split: SplitSpec = SplitSpec()
-    train: Optional[SourceSpec] = None
-    validation: Optional[SourceSpec] = None
-    test: Optional[SourceSpec] = None
+    rescale: Optional[Annotated[float, Field(gt=0)]] = Field(
+        None, description="multiply every input by this, e.g. 1/255 for 8-bit images")
+    normalize: Union[Literal["auto"], bool] = Field(
+        "auto", description="standardise inputs with the training split's mean and variance; auto: for builtin bases")
+    in_memory: Union[Literal["auto"], bool] = Field(
+        "auto", description="hold the data in memory (true) or stream it with Ray Data (false); auto: in memory "
+                            "when under 1 GiB as model inputs")
+    split: SplitSpec = Field(SplitSpec(), description="how validation and test rows are held out of one source")
+    train: Optional[SourceSpec] = Field(None, description="the training split's own files (instead of source)")
+    validation: Optional[SourceSpec] = Field(None, description="the validation split's own files")
+    test: Optional[SourceSpec] = Field(None, description="the test split's own files (optional)")
 
     _rescale_fraction = field_validator("rescale", mode="before")(classmethod(lambda cls, v: _fraction(v)))
 
@@ -133,10 +139,10 @@ class HeadSpec(_Strict):
 
     pooling: Literal["avg", "max", "flatten"] = Field(
         "avg", description="of a base's feature map; builtin:small_cnn hands a map of 4x4 or less flattened")
-    units: list[Annotated[int, Field(gt=0)]] = [64]
-    dropout: float = Field(0.0, ge=0, lt=1)
-    activation: str = "relu"
-    batch_norm: bool = False
+    units: list[Annotated[int, Field(gt=0)]] = Field([64], description="units of each hidden dense layer of the head")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout rate after each hidden layer")
+    activation: str = Field("relu", description="a Keras activation of the hidden layers")
+    batch_norm: bool = Field(False, description="batch normalisation after each hidden layer")
 
     _check_activation = field_validator("activation")(classmethod(lambda cls, v: _activation(v)))
 
@@ -155,15 +161,18 @@ class ModelSpec(_Strict):
     - registry:NAME@latest or registry:NAME@<run id>: the best model of an earlier run of NAME.
     """
 
-    base: str = "builtin:small_cnn"
+    base: str = Field("builtin:small_cnn", description=(
+        "builtin:small_cnn | builtin:mlp | keras:<Applications model> | a .keras file or URI | "
+        "registry:NAME@latest | registry:NAME@<run id>"))
     weights: Optional[str] = Field(None, description="keras: bases: imagenet, none or a weights file (default imagenet)")
     cut_at: Optional[str] = Field(None, description="file bases: the layer whose output the head takes (default: drop the last layer)")
-    task: Literal["classification", "regression"] = "classification"
+    task: Literal["classification", "regression"] = Field(
+        "classification", description="classification (one output per class) or regression (one number)")
     freeze: Union[Literal["all", "none"], FreezeTop] = Field(
         "none", description="phase 1: freeze the whole base, nothing, or all but its top layers")
     filters: list[Annotated[int, Field(gt=0)]] = Field([32, 32, 64], description="builtin:small_cnn conv filters")
     base_units: list[Annotated[int, Field(gt=0)]] = Field([64], description="builtin:mlp hidden layers")
-    head: HeadSpec = HeadSpec()
+    head: HeadSpec = Field(HeadSpec(), description="the new head put on top of the base")
 
     @field_validator("base")
     @classmethod
@@ -204,12 +213,12 @@ class AugmentSpec(_Strict):
     runs on the workers' cores and is inactive when the model predicts). Strengths are fractions:
     rotation of a full turn, zoom, shear and translation of the image size, contrast."""
 
-    flip: Literal["none", "horizontal", "vertical", "both"] = "none"
-    rotation: float = Field(0.0, ge=0, le=1)
-    zoom: float = Field(0.0, ge=0, lt=1)
-    shear: float = Field(0.0, ge=0, lt=1)
-    translate: float = Field(0.0, ge=0, lt=1)
-    contrast: float = Field(0.0, ge=0, lt=1)
+    flip: Literal["none", "horizontal", "vertical", "both"] = Field("none", description="random flips")
+    rotation: float = Field(0.0, ge=0, le=1, description="largest random rotation, as a fraction of a full turn")
+    zoom: float = Field(0.0, ge=0, lt=1, description="largest random zoom, as a fraction of the image size")
+    shear: float = Field(0.0, ge=0, lt=1, description="largest random shear, as a fraction of the image size")
+    translate: float = Field(0.0, ge=0, lt=1, description="largest random shift, as a fraction of the image size")
+    contrast: float = Field(0.0, ge=0, lt=1, description="largest random contrast change, as a fraction")
 
     @property
     def active(self) -> bool:
@@ -222,10 +231,10 @@ class FineTuneSpec(_Strict):
     """Phase 2 of fine-tuning: after `after_epoch`, unfreeze the top of the base and go on at a
     lower learning rate (BatchNorm layers stay frozen and in inference mode)."""
 
-    after_epoch: int = Field(ge=1)
+    after_epoch: int = Field(ge=1, description="the last epoch of phase 1; phase 2 starts after it")
     unfreeze_top: Union[Literal["all"], Annotated[int, Field(ge=1)]] = Field(
         "all", description="layers with weights at the top of the base to unfreeze")
-    learning_rate_scale: float = Field(0.1, gt=0, le=1)
+    learning_rate_scale: float = Field(0.1, gt=0, le=1, description="phase 2's learning rate, as a fraction of phase 1's")
 
 
 REGRESSION_LOSSES = ("mean_squared_error", "mse", "mean_absolute_error", "mae", "huber", "log_cosh",
@@ -235,24 +244,25 @@ REGRESSION_METRICS = ("mean_absolute_error", "mae", "mean_squared_error", "mse",
 
 
 class TrainSpec(_Strict):
-    epochs: int = Field(10, ge=1)
+    epochs: int = Field(10, ge=1, description="epochs each trial trains at most")
     batch_size: int = Field(64, ge=1, description="global batch, divided among the workers")
-    optimizer: str = "adam"
+    optimizer: str = Field("adam", description="a Keras optimizer: adam, adamw, sgd, rmsprop, ...")
     optimizer_args: dict[str, Any] = Field({}, description="the optimizer's own arguments, e.g. momentum")
-    learning_rate: float = Field(1e-3, gt=0)
-    learning_rate_schedule: Literal["constant", "cosine", "exponential", "step"] = "constant"
+    learning_rate: float = Field(1e-3, gt=0, description="the (peak) learning rate")
+    learning_rate_schedule: Literal["constant", "cosine", "exponential", "step"] = Field(
+        "constant", description="how the learning rate changes from epoch to epoch")
     warmup_epochs: int = Field(0, ge=0, description="epochs of linear warm-up from learning_rate / (warmup_epochs + 1)")
     decay_rate: float = Field(0.9, gt=0, le=1, description="exponential: factor per epoch; step: factor per step")
     step_epochs: int = Field(5, ge=1, description="step: epochs between drops")
-    weight_decay: float = Field(0.0, ge=0)
-    label_smoothing: float = Field(0.0, ge=0, lt=1)
-    clipnorm: Optional[float] = Field(None, gt=0)
-    mixed_precision: bool = False
-    jit_compile: bool = False
-    loss: str = "sparse_categorical_crossentropy"
-    metrics: list[str] = ["accuracy"]
-    augment: AugmentSpec = AugmentSpec()
-    fine_tune: Optional[FineTuneSpec] = None
+    weight_decay: float = Field(0.0, ge=0, description="decoupled weight decay of the optimizer")
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="label smoothing of crossentropy losses")
+    clipnorm: Optional[float] = Field(None, gt=0, description="clip each gradient to this norm")
+    mixed_precision: bool = Field(False, description="compute in float16 with float32 weights (GPUs only)")
+    jit_compile: bool = Field(False, description="compile the training step with XLA (GPUs only)")
+    loss: str = Field("sparse_categorical_crossentropy", description="a Keras loss")
+    metrics: list[str] = Field(["accuracy"], description="Keras metrics reported every epoch, for training and validation (val_*)")
+    augment: AugmentSpec = Field(AugmentSpec(), description="random image augmentation in training")
+    fine_tune: Optional[FineTuneSpec] = Field(None, description="phase 2: unfreeze the base and go on at a lower rate")
 
     @field_validator("optimizer")
     @classmethod
@@ -295,33 +305,34 @@ class TrainSpec(_Strict):
 class AshaScheduler(_Strict):
     """Asynchronous successive halving: stops the weaker trials at each rung."""
 
-    type: Literal["asha"]
+    type: Literal["asha"] = Field(description="asha")
     grace_period: int = Field(1, ge=1, description="epochs every trial runs before it may be stopped")
-    reduction_factor: float = Field(3, gt=1)
-    brackets: int = Field(1, ge=1)
+    reduction_factor: float = Field(3, gt=1, description="1 in reduction_factor trials goes on at each rung; rungs "
+                                                         "at grace_period x reduction_factor^k epochs")
+    brackets: int = Field(1, ge=1, description="brackets of successive halving (more: asynchronous HyperBand)")
 
 
 class HyperbandScheduler(_Strict):
     """Asynchronous HyperBand: ASHA over several brackets of grace periods (stop-only)."""
 
-    type: Literal["hyperband"]
-    grace_period: int = Field(1, ge=1)
-    reduction_factor: float = Field(3, gt=1)
-    brackets: int = Field(3, ge=1)
+    type: Literal["hyperband"] = Field(description="hyperband")
+    grace_period: int = Field(1, ge=1, description="epochs every trial of the first bracket runs before it may be stopped")
+    reduction_factor: float = Field(3, gt=1, description="1 in reduction_factor trials goes on at each rung")
+    brackets: int = Field(3, ge=1, description="brackets, each with its first rung reduction_factor times later")
 
 
 class MedianScheduler(_Strict):
     """Median stopping rule: stops a trial below the median of the others at the same epoch."""
 
-    type: Literal["median"]
-    grace_period: int = Field(1, ge=1)
-    min_samples_required: int = Field(3, ge=1)
+    type: Literal["median"] = Field(description="median")
+    grace_period: int = Field(1, ge=1, description="epochs every trial runs before it may be stopped")
+    min_samples_required: int = Field(3, ge=1, description="trials that must have reached an epoch before any stops there")
 
 
 class NoScheduler(_Strict):
     """Every trial runs all its epochs."""
 
-    type: Literal["none"]
+    type: Literal["none"] = Field(description="none")
 
 
 Scheduler = Annotated[
@@ -331,11 +342,14 @@ Scheduler = Annotated[
 
 
 class SearchSpec(_Strict):
-    metric: str = "val_accuracy"
-    mode: Literal["max", "min"] = "max"
-    num_samples: int = Field(1, ge=1)
-    scheduler: Scheduler = AshaScheduler(type="asha")
-    space: dict[str, Any] = {}
+    metric: str = Field("val_accuracy", description="the reported metric that ranks trials, e.g. val_accuracy, val_loss")
+    mode: Literal["max", "min"] = Field("max", description="max: higher metric is better; min: lower is better")
+    num_samples: int = Field(1, ge=1, description="configurations sampled (each over the whole grid, if the space has grid entries)")
+    scheduler: Scheduler = Field(AshaScheduler(type="asha"), description=(
+        "what stops weak trials early: asha, hyperband, median or none (a name, or {type: ..., options})"))
+    space: dict[str, Any] = Field({}, description=(
+        "dotted paths under model. or train. -> a domain (choice, grid, uniform, loguniform, randint, quniform) "
+        "or a fixed value"))
 
     @field_validator("scheduler", mode="before")
     @classmethod
@@ -351,10 +365,11 @@ class ResourcesSpec(_Strict):
     """What each trial asks of the cluster. Trial concurrency follows from it and the cluster."""
 
     num_workers: int = Field(1, ge=1, description="Ray Train workers per trial")
-    cpus_per_worker: float = Field(1, gt=0)
-    use_gpu: bool = False
+    cpus_per_worker: float = Field(1, gt=0, description="CPUs each worker reserves")
+    use_gpu: bool = Field(False, description="give each worker GPUs")
     gpus_per_worker: float = Field(1, gt=0, description="used only with use_gpu: true")
-    max_concurrent_trials: Union[Literal["auto"], Annotated[int, Field(ge=1)]] = "auto"
+    max_concurrent_trials: Union[Literal["auto"], Annotated[int, Field(ge=1)]] = Field(
+        "auto", description="trials at once; auto: as many as the cluster's CPUs, GPUs and memory hold")
     max_failures: int = Field(2, ge=-1, description="restarts of a trial from its checkpoint; -1: unlimited")
     data_cpus: Union[Literal["auto"], Annotated[float, Field(ge=0)]] = Field(
         "auto",
@@ -379,20 +394,40 @@ class ResourcesSpec(_Strict):
         raise ValueError("expected 'auto' (computed from the cluster) or a whole number >= 1")
 
 
+# --- tracking ------------------------------------------------------------------------------------
+
+
+class TrackingSpec(_Strict):
+    """Where trials are recorded besides the run folder (finetune.tracking)."""
+
+    tensorboard: Union[Literal["auto"], bool] = Field("auto", description=(
+        "each trial writes its scalars and TensorBoard's HParams data under <run>/tensorboard/<trial id>/, so "
+        "`tensorboard --logdir <run>` compares trials; auto: when the tensorboard package is installed and "
+        "the run folder is local (pip install 'finetune[tensorboard]')"))
+    mlflow: Optional[str] = Field(None, description=(
+        "an MLflow tracking URI (sqlite:///path/mlflow.db, http://host:5000), or the path of an SQLite file "
+        "(relative to the job file): each trial becomes an "
+        "MLflow run with its parameters and per-epoch metrics, under a parent run for the search that holds "
+        "the best model (pip install 'finetune[mlflow]')"))
+    mlflow_experiment: Optional[str] = Field(None, description="the MLflow experiment; default: the job's name")
+
+
 # --- the job -------------------------------------------------------------------------------------
 
 
 class Job(_Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)
-    seed: int = 0
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100,
+                      description="names the run folder, <storage_path>/<name>/<run id>/, and the registry entry")
+    seed: int = Field(0, description="the experiment seed; every trial's seed and every split derive from it")
     storage_path: str = Field("runs", description=(
         "where runs go, <storage_path>/<name>/<run id>/: a folder (relative to the job file; runs/ of the "
         "working directory when unset) or a pyarrow URI (s3://, gs://)"))
-    dataset: DatasetSpec = DatasetSpec()
-    model: ModelSpec = ModelSpec()
-    train: TrainSpec = TrainSpec()
-    search: SearchSpec = SearchSpec()
-    resources: ResourcesSpec = ResourcesSpec()
+    dataset: DatasetSpec = Field(DatasetSpec(), description="where the data is and how to read and split it")
+    model: ModelSpec = Field(ModelSpec(), description="the base model and the new head")
+    train: TrainSpec = Field(TrainSpec(), description="how each trial trains")
+    search: SearchSpec = Field(SearchSpec(), description="the metric, the search space and the scheduler")
+    resources: ResourcesSpec = Field(ResourcesSpec(), description="what each trial asks of the cluster")
+    tracking: TrackingSpec = Field(TrackingSpec(), description="TensorBoard and MLflow records of the trials")
 
     @property
     def executor(self) -> str:
