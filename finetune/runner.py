@@ -17,7 +17,7 @@ from finetune.data import LoadedData, check_fits_workers, load_data
 from finetune.errors import RunFailedError, UserError
 from finetune.failures import USER_ERROR, trial_failures
 from finetune.job import Job, to_yaml
-from finetune.registry import SUMMARY_FILE
+from finetune.registry.runs import SUMMARY_FILE
 from finetune.resources import plan_concurrency
 from finetune.search_space import count_trials
 from finetune.trial import DataHandle
@@ -28,13 +28,31 @@ MODEL_FILE = "model.keras"
 
 
 def run_job(job: Job, address: str | None = None, verbose: bool = False, out=None,
-            callbacks: tuple = (), resume: bool = False) -> dict:
+            callbacks: tuple = (), resume: bool = False, night=None) -> dict:
     """Run a job's whole search and return its summary (also written to summary.json).
 
     resume: continue the newest unfinished run of this job instead of starting a new one.
-    callbacks: extra `ray.tune.Callback`s, for callers that watch trials as they run."""
+    callbacks: extra `ray.tune.Callback`s, for callers that watch trials as they run.
+    night: a `finetune.registry.nightly.Night`: the run id comes from its date and the data, and a
+    night with nothing to do returns `{"status": "skipped", "reason": ...}` without a run."""
+    out = out or sys.stdout
+    job = pin_registry(job, out)
     run_dir = unfinished_run(job) if resume else None
-    return _run(job, run_dir, address, verbose, out or sys.stdout, callbacks)
+    return _run(job, run_dir, address, verbose, out, callbacks, night)
+
+
+def pin_registry(job: Job, out) -> Job:
+    """The job with its registry settled and its registry base pinned to one version, every
+    registry check made: nothing of it waits for the end of the search."""
+    from finetune.registry import promotion, references
+
+    job = references.settle_registry(job)
+    references.check_can_register(job)
+    job, note = references.pin_base(job)
+    promotion.check_champion(job)
+    if note:
+        print(note, file=out, flush=True)
+    return job
 
 
 def resume_run(run_dir: str, address: str | None = None, verbose: bool = False, out=None,
@@ -70,7 +88,7 @@ def unfinished_run(job: Job) -> str:
     return run_dir
 
 
-def _run(job: Job, run_dir: str | None, address, verbose: bool, out, callbacks) -> dict:
+def _run(job: Job, run_dir: str | None, address, verbose: bool, out, callbacks, night=None) -> dict:
     started = time.time()
 
     # 1. Everything that can be wrong with the input, before anything is written.
@@ -88,10 +106,28 @@ def _run(job: Job, run_dir: str | None, address, verbose: bool, out, callbacks) 
     capacity = ray_cluster.connect(address, verbose=verbose, dashboard=job.executor == "ray_train")
     ray_cluster.check_reachable(storage.join(storage.absolute(job.storage_path), job.name), local_inputs(job),
                                 capacity)
+    if job.registers:
+        from finetune.registry.references import registry_root
+
+        ray_cluster.check_reachable(registry_root(job), {}, capacity, field="registry")
     import ray
 
     data = loading.result() if job.dataset.embedded else load_data(job.dataset, job.seed, job.model.task)
     check_fits_workers(data, job.resources.num_workers)
+    holdout = None
+    if job.promote is not None and job.promote.holdout is not None:
+        from finetune.data import load_holdout
+
+        holdout = load_holdout(job.dataset, job.promote.holdout, job.seed, job.model.task, data.classes)
+    run_id = None
+    if night is not None:
+        from finetune.registry import nightly
+
+        plan = nightly.plan(job, night, data.fingerprint)
+        print(plan.message, file=out, flush=True)
+        if plan.run_id is None:
+            return {"name": job.name, "status": "skipped", "reason": plan.message, "night": night.as_dict(job.name)}
+        run_id = plan.run_id
     handle = DataHandle(ray.put(data.without_test()))
     from finetune.evaluation import preflight_in_worker
 
@@ -103,7 +139,7 @@ def _run(job: Job, run_dir: str | None, address, verbose: bool, out, callbacks) 
     # 2. The run folder: <storage_path>/<name>/<run id>/
     resuming = run_dir is not None
     if not resuming:
-        run_dir = new_run_dir(job)
+        run_dir = new_run_dir(job, run_id)
         storage.write_bytes(storage.join(run_dir, "job.yaml"), to_yaml(job).encode())
         storage.write_json(storage.join(run_dir, "classes.json"), data.classes)
     if data.skipped_rows:
@@ -124,17 +160,19 @@ def _run(job: Job, run_dir: str | None, address, verbose: bool, out, callbacks) 
     results = list(tuner.fit())
 
     # 4. What came of it.
-    return finish_run(job, run_dir, results, data, started, out, capacity)
+    return finish_run(job, run_dir, results, data, started, out, capacity, holdout,
+                      night.as_dict(job.name) if night else None)
 
 
-def new_run_dir(job: Job) -> str:
-    run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
+def new_run_dir(job: Job, run_id: str | None = None) -> str:
+    run_id = run_id or time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
     run_dir = storage.join(storage.absolute(job.storage_path), job.name, run_id)
     storage.make_dirs(run_dir)
     return run_dir
 
 
-def finish_run(job: Job, run_dir: str, results: list, data: LoadedData, started: float, out, capacity) -> dict:
+def finish_run(job: Job, run_dir: str, results: list, data: LoadedData, started: float, out, capacity,
+               holdout=None, night: dict | None = None) -> dict:
     outcomes = reports.trial_outcomes(results, job, trial_failures(run_dir))
     rows = reports.metrics_rows(results, list(job.search.space))
     reports.write_parquet(reports.metrics_table(rows), storage.join(run_dir, METRICS_FILE))
@@ -163,6 +201,8 @@ def finish_run(job: Job, run_dir: str, results: list, data: LoadedData, started:
         "cluster": {"nodes": capacity.nodes, "cpus": capacity.cpus, "gpus": capacity.gpus,
                     "started_here": capacity.started_here},
         "versions": _versions(),
+        "night": night,
+        "promotion": None,
     }
     candidates = [o for o in outcomes if o.status != "failed" and o.best_metric is not None]
     if candidates:
@@ -180,6 +220,13 @@ def finish_run(job: Job, run_dir: str, results: list, data: LoadedData, started:
             model_path=model_path,
             test_metrics=evaluate_on_test(model_path, data, job),
         )
+        from finetune.registry.runs import write_run_manifest
+
+        write_run_manifest(run_dir, job.name)
+        if job.registers:
+            from finetune.registry.promotion import register_and_judge
+
+            summary["promotion"] = register_and_judge(job, run_dir, summary, data, holdout, night, out)
     else:
         summary["status"] = "failed"
     storage.write_json(storage.join(run_dir, SUMMARY_FILE), summary)

@@ -19,8 +19,13 @@ DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 
 
 def submit(job_file: str, overrides: list[str], address: str | None = None, submission_id: str | None = None,
-           runtime_env_file: str | None = None, working_dir: str = ".", follow: bool = True, out=None) -> int:
-    """Submit the job; with `follow`, stream its logs and return 0 if it succeeded, 1 if not."""
+           runtime_env_file: str | None = None, working_dir: str = ".", follow: bool = True, out=None,
+           nightly: bool = False, date: str | None = None, force: bool = False) -> int:
+    """Submit the job; with `follow`, stream its logs and return 0 if it succeeded, 1 if not.
+
+    nightly: the driver runs `finetune nightly JOB --date D` (D: `date`, else today in UTC, fixed
+    here so that a job queued past midnight still runs its own night), under the submission id
+    `nightly-<name>-<D>` unless one is given: the cluster refuses a second submission that night."""
     out = out or sys.stdout
     job = load_job(job_file, overrides)  # a bad job fails here, not on the cluster
     working_dir = os.path.abspath(working_dir)
@@ -28,8 +33,16 @@ def submit(job_file: str, overrides: list[str], address: str | None = None, subm
     if relative.startswith(".."):
         raise UserError(f"submit: {job_file} is outside the working directory {working_dir}, which is what gets "
                         "uploaded; move the job file under it or pass --working-dir.")
-    entrypoint = " ".join(["python -m finetune run", shlex.quote(relative),
-                           *(f"--set {shlex.quote(o)}" for o in overrides)])
+    command = ["python -m finetune run", shlex.quote(relative)]
+    if nightly:
+        from finetune.registry.nightly import Night, night_date
+
+        night = Night(night_date(date), force)
+        command = ["python -m finetune nightly", shlex.quote(relative), "--date", night.date, *(["--force"] if force else [])]
+        submission_id = submission_id or night.submission_id(job.name)
+    elif date is not None or force:
+        raise UserError("submit: --date and --force are for nightly jobs; add --nightly.")
+    entrypoint = " ".join([*command, *(f"--set {shlex.quote(o)}" for o in overrides)])
     runtime_env = _runtime_env(runtime_env_file)
     runtime_env["working_dir"] = working_dir
     submission_id = submission_id or f"finetune-{job.name}-{time.strftime('%Y%m%d-%H%M%S')}"
