@@ -245,8 +245,9 @@ class ModelStore:
                 storage.write_bytes(storage.join(staging, file_name), data)
             with self._lock(name):
                 version = f"v{self._next_number(name)}"
+                written = finish(version)
                 for file_name in (VERSION_FILE, integrity.MANIFEST_FILE):
-                    storage.write_bytes(storage.join(staging, file_name), finish(version)[file_name])
+                    storage.write_bytes(storage.join(staging, file_name), written[file_name])
                 storage.make_dirs(self._versions_dir(name))
                 os.rename(staging.removeprefix("file://"),
                           storage.join(self._versions_dir(name), version).removeprefix("file://"))
