@@ -50,7 +50,9 @@ def test_a_class_whose_recall_drops_too_far_blocks_promotion():
     assert round(decision.class_drops["dog"], 3) == 0.1
     fine = decide(rules, scores("v2", 0.96, {"cat": 0.99, "dog": 0.87}), scores("v1", 0.95, {"cat": 0.9, "dog": 0.9}),
                   rows=100)
-    assert fine.promote and "largest change: class dog, -0.030" in fine.reason
+    assert fine.promote and "the largest drop: class dog, 0.900 -> 0.870" in fine.reason
+    improved = decide(rules, scores("v2", 0.96, {"cat": 0.95, "dog": 0.95}), scores("v1", 0.95), rows=100)
+    assert improved.promote and "no class's recall dropped" in improved.reason
 
 
 def test_a_champion_of_other_classes_is_not_compared():

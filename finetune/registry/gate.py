@@ -65,9 +65,9 @@ def decide(rules: Rules, challenger: Scores, champion: Scores | None, rows: int,
     if champion is None:
         passed = all(c["passed"] for c in checks)
         first = f"there is no {alias} yet, so {name} is judged by min_value alone"
-        text = "; ".join([first, *(c["detail"] for c in checks)]) if checks else f"{first} (none is set)"
+        text = ": ".join([first, *(c["detail"] for c in checks)]) if checks else f"{first}, and none is set"
         verdict = f"promoted {name} to {alias}" if passed else f"not promoted: {name} stays a version only"
-        return Decision(passed, f"{verdict}: {text} ({metric} {value:.4f} on {rows} held-out rows).", checks)
+        return Decision(passed, f"{verdict}: {text} (on {rows} held-out rows).", checks)
 
     if challenger.classes is not None and champion.classes is not None and challenger.classes != champion.classes:
         return Decision(False, (
@@ -83,9 +83,9 @@ def decide(rules: Rules, challenger: Scores, champion: Scores | None, rows: int,
     relation = (f"{value - old:.4f} above" if value > old else f"{old - value:.4f} below" if value < old
                 else "equal to")
     checks.append({"check": "min_delta", "passed": enough, "detail": (
-        f"{metric} {value:.4f} is {relation} {alias} {champion.version}'s {old:.4f}"
-        f" ({'lower' if better == 'min' else 'higher'} is better; needs a gain of at least "
-          f"{max(rules.min_delta, 0):g} and more than none)")})
+        f"{metric} {value:.4f} is {relation} {alias} {champion.version}'s {old:.4f} (promotion needs "
+        + (f"{rules.min_delta:g} {'lower' if better == 'min' else 'higher'}" if rules.min_delta > 0
+           else ("lower" if better == "min" else "higher")) + ")")})
 
     drops = {}
     if rules.max_class_drop is not None and challenger.recall and champion.recall:
@@ -96,9 +96,12 @@ def decide(rules: Rules, challenger: Scores, champion: Scores | None, rows: int,
             detail = "recall dropped by more than max_class_drop {:g} for class{} {}".format(
                 rules.max_class_drop, "es" if len(over) > 1 else "",
                 ", ".join(f"{c} ({champion.recall[c]:.3f} -> {challenger.recall.get(c, 0.0):.3f})" for c in over))
+        elif worst is not None and drops[worst] > TOLERANCE:
+            detail = (f"no class's recall dropped by more than max_class_drop {rules.max_class_drop:g} "
+                      f"(the largest drop: class {worst}, {champion.recall[worst]:.3f} -> "
+                      f"{challenger.recall.get(worst, 0.0):.3f})")
         else:
-            detail = (f"no class's recall dropped by more than max_class_drop {rules.max_class_drop:g}"
-                      + (f" (largest change: class {worst}, {-drops[worst]:+.3f})" if worst is not None else ""))
+            detail = "no class's recall dropped"
         checks.append({"check": "max_class_drop", "passed": not over, "detail": detail})
 
     passed = all(c["passed"] for c in checks)
