@@ -25,7 +25,7 @@ PATH_FIELDS: dict[str, tuple[str, ...]] = {
     "dataset.test.source": (),
     "model.base": ("builtin:", "keras:", "registry:"),
     "model.weights": ("imagenet", "none"),
-    "model.fallback_base": ("builtin:", "keras:"),
+    "model.fallback_base": ("builtin:", "keras:", "registry:"),
     "registry": (),
     "registry.path": (),
     "promote.holdout": (),
