@@ -138,8 +138,16 @@ def _run(job: Job, run_dir: str | None, address, verbose: bool, out, callbacks, 
 
     # 2. The run folder: <storage_path>/<name>/<run id>/
     resuming = run_dir is not None
+    if not resuming and night is not None:
+        from finetune.registry import nightly
+
+        run_dir = nightly.claim_run_dir(job, run_id)
+        if run_dir is None:  # a second start of the same night, a moment behind the first
+            reason = f"nothing to do: another process started night {night.date} as {run_id} a moment ago"
+            print(reason, file=out, flush=True)
+            return {"name": job.name, "status": "skipped", "reason": reason, "night": night.as_dict(job.name)}
     if not resuming:
-        run_dir = new_run_dir(job, run_id)
+        run_dir = run_dir or new_run_dir(job)
         storage.write_bytes(storage.join(run_dir, "job.yaml"), to_yaml(job).encode())
         storage.write_json(storage.join(run_dir, "classes.json"), data.classes)
     if data.skipped_rows:

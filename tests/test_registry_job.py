@@ -76,7 +76,8 @@ def test_a_night_knows_when_it_has_nothing_to_do(tmp_path):
     first = nightly.plan(job, night, data)
     assert first.run_id == nightly.run_id("2026-01-02", data_digest(data), False)
     run_dir = tmp_path / "runs" / "n" / first.run_id
-    run_dir.mkdir(parents=True)
+    assert nightly.claim_run_dir(job, first.run_id) == str(run_dir)  # exclusive: a second start gets None
+    assert nightly.claim_run_dir(job, first.run_id) is None
     assert "was started earlier" in nightly.plan(job, night, data).message
     (run_dir / "summary.json").write_text(json.dumps({"status": "finished"}))
     again = nightly.plan(job, night, data)

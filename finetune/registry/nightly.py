@@ -10,6 +10,7 @@ read, on the machine that submits).
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from dataclasses import dataclass
@@ -110,3 +111,20 @@ def plan(job, night: Night, fingerprint: dict) -> Plan:
             return Plan(None, f"nothing to do: night {night.date}'s data (digest {digest[:8]}) is the data "
                               f"{label} of {job.model_name} was trained on; use --force to train on it again")
     return Plan(chosen, f"night {night.date}: new data (digest {digest[:8]}), running as {chosen}")
+
+
+def claim_run_dir(job, run_id: str) -> str | None:
+    """Create the night's run folder, or None when another process created it first. On a local or
+    NFS folder the creation is exclusive (mkdir), so of two starts racing past `plan` one runs;
+    object stores have no such thing (see finetune.registry.store)."""
+    run_dir = storage.join(storage.absolute(job.storage_path), job.name, run_id)
+    if not storage.is_local(run_dir):
+        storage.make_dirs(run_dir)
+        return run_dir
+    path = run_dir.removeprefix("file://")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    try:
+        os.mkdir(path)
+    except FileExistsError:
+        return None
+    return run_dir
