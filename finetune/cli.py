@@ -1,5 +1,5 @@
-"""`finetune validate|plan|run|resume|submit|report|runs|show|schema`: parse the command line and
-call the module that does the work.
+"""`finetune validate|plan|run|nightly|resume|submit|models|report|runs|show|schema`: parse the
+command line and call the module that does the work.
 
 User errors print as one message, without a traceback, and exit with code 2.
 """
@@ -44,6 +44,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", action="store_true",
                      help="continue the newest unfinished run of this job (after its driver was killed)")
 
+    nightly = commands.add_parser("nightly", help="one retraining a night: register, judge against the champion, "
+                                                  "promote; a repeated night does nothing")
+    add_job_arguments(nightly)
+    add_night_arguments(nightly)
+    nightly.add_argument("--address", default=None, help="Ray cluster to join (as for run)")
+    add_view_arguments(nightly)
+    nightly.add_argument("--print-submission-id", action="store_true",
+                         help="print this night's submission id (for ray job submit --submission-id) and exit")
+
     resume = commands.add_parser("resume", help="continue an unfinished run folder")
     resume.add_argument("run_dir", metavar="RUN", help="a run folder, such as runs/digits/20261124-101500-ab12")
     resume.add_argument("--address", default=None, help="Ray cluster to join (as for run)")
@@ -59,6 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--working-dir", default=".", help="folder uploaded with the job (default: .)")
     submit.add_argument("--no-follow", dest="follow", action="store_false",
                         help="return once submitted instead of streaming the logs")
+    submit.add_argument("--nightly", action="store_true",
+                        help="submit `finetune nightly JOB`, under this night's submission id unless one is given")
+    add_night_arguments(submit)
+
+    models = commands.add_parser("models", help="the model registry: versions, aliases, promotion, verification")
+    add_models_commands(models)
 
     report = commands.add_parser("report", help="(re)write a run's report.html, finished or not")
     report.add_argument("run_dir", metavar="RUN", help="a run folder")
@@ -78,6 +93,79 @@ def progress_mode(args: argparse.Namespace) -> str:
     return "live" if sys.stdout.isatty() and os.environ.get("TERM", "") != "dumb" else "plain"
 
 
+def add_night_arguments(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--date", default=None, metavar="YYYY-MM-DD",
+                         help="the night to run (default: today, UTC); an earlier date backfills")
+    command.add_argument("--force", action="store_true",
+                         help="run even when this night already ran, or the data is the champion's")
+
+
+def add_models_commands(models: argparse.ArgumentParser) -> None:
+    actions = models.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    def action(name: str, help: str) -> argparse.ArgumentParser:
+        command = actions.add_parser(name, help=help)
+        command.add_argument("--registry", default=None,
+                             help="the registry folder or URI (default: FINETUNE_REGISTRY, else runs/registry)")
+        return command
+
+    action("list", help="models and their versions, with their aliases").add_argument("name", nargs="?", metavar="NAME")
+    action("show", help="one version's metadata").add_argument("ref", metavar="NAME[@VERSION|ALIAS]")
+    action("history", help="the audit log of a model's alias changes").add_argument("name", metavar="NAME")
+    promote = action("promote", help="point an alias (champion by default) at a version")
+    promote.add_argument("name", metavar="NAME")
+    promote.add_argument("version", metavar="VERSION", help="such as v3")
+    promote.add_argument("--alias", default="champion")
+    promote.add_argument("--reason", required=True, help="why; kept in the audit log")
+    rollback = action("rollback", help="give the alias back to the version that held it before")
+    rollback.add_argument("name", metavar="NAME")
+    rollback.add_argument("--alias", default="champion")
+    rollback.add_argument("--reason", default=None, help="why; kept in the audit log")
+    for name, help in (("verify", "check every file of a version (or every version) against its manifest"),
+                       ("export", "write a verified, decrypted model.keras and classes.json to DIR, for serving")):
+        command = action(name, help=help)
+        command.add_argument("ref", metavar="NAME[@VERSION|ALIAS]")
+        if name == "export":
+            command.add_argument("directory", metavar="DIR")
+        command.add_argument("--require-signature", action="store_true",
+                             help="refuse versions whose manifest is not signed with FINETUNE_SIGNING_KEY")
+
+
+def run_models_command(args) -> int:
+    from finetune.registry import commands
+
+    store = commands.open_store(args.registry)
+    if args.action == "list":
+        return commands.list_models(store, args.name)
+    if args.action == "show":
+        return commands.show(store, args.ref)
+    if args.action == "history":
+        return commands.history(store, args.name)
+    if args.action == "promote":
+        return commands.promote(store, args.name, args.version, args.alias, args.reason)
+    if args.action == "rollback":
+        return commands.rollback(store, args.name, args.alias, args.reason)
+    if args.action == "verify":
+        return commands.verify(store, args.ref, args.require_signature)
+    return commands.export(store, args.ref, args.directory, args.require_signature)
+
+
+def run_nightly(args) -> int:
+    from finetune.job import load_job
+    from finetune.registry.nightly import Night, night_date, nightly_job
+
+    job = nightly_job(load_job(args.job, args.overrides))
+    night = Night(night_date(args.date), args.force)
+    if args.print_submission_id:
+        print(night.submission_id(job.name))
+        return 0
+    print(f"night {night.date} of {job.name} (submission id {night.submission_id(job.name)})", flush=True)
+    from finetune.runner import run_job
+
+    run_job(job, address=args.address, verbose=args.verbose, night=night, progress=progress_mode(args))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -92,7 +180,11 @@ def main(argv: list[str] | None = None) -> int:
             from finetune.submit import submit
 
             return submit(args.job, args.overrides, args.address, args.submission_id, args.runtime_env,
-                          args.working_dir, args.follow)
+                          args.working_dir, args.follow, nightly=args.nightly, date=args.date, force=args.force)
+        if args.command == "models":
+            return run_models_command(args)
+        if args.command == "nightly":
+            return run_nightly(args)
         from finetune.job import load_job
 
         job = load_job(args.job, args.overrides)

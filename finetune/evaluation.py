@@ -1,5 +1,6 @@
 """TensorFlow work of the driver's, done in a Ray worker: the pre-flight training step before a
-run, and the test evaluation of the best model after it. The driver itself never imports
+run, the test evaluation of the best model after it, and the promotion gate's judging of the best
+model and the champion on the same rows. The driver itself never imports
 TensorFlow; a worker has it imported already (or imports it once), on any node of a cluster."""
 
 from __future__ import annotations
@@ -117,3 +118,53 @@ class PredictionTally:
             return {"kind": "residuals", "true": self.true[::step], "predicted": self.predicted[::step],
                     "rows": len(self.true)}
         return {"kind": "confusion_matrix", "counts": self.matrix.tolist()}
+
+
+def judge_in_worker(models: list[dict], job_dict: dict, rows: Split | StreamSplit, classes: list[str] | None,
+                    label_map: list[int] | None = None) -> list[dict]:
+    """The gate's measurements: each model on the very same held-out rows, compiled alike with the
+    job's loss and metrics, with each class's recall. A registry model (the champion) is verified
+    against its manifest, and decrypted, before Keras loads it.
+
+    models: {"file": path} (the run's own model) or {"base": "registry:NAME@v3"}.
+    label_map: for a pinned holdout, its label index -> the run's class index.
+    Returns, per model: {"metrics": {"test_<name>": value}, "recall": {class: recall} | None}."""
+    import numpy as np
+
+    from finetune.models import load_base_model, load_model_file
+    from finetune.optimization import encode_labels, label_encoding
+
+    job = Job.model_validate(job_dict)
+    features, labels = _held_out_arrays(rows)
+    if label_map is not None:
+        labels = np.asarray(label_map, dtype=np.int32)[labels]
+    num_classes = len(classes) if classes else 1
+    encoding = label_encoding(job.train.loss, job.model.task)
+    targets = encode_labels(labels, encoding, num_classes)
+    results = []
+    for entry in models:
+        model = (load_model_file(entry["file"], "the run's model") if "file" in entry
+                 else load_base_model(entry["base"], job, "the champion"))
+        model.compile(loss=job.train.loss, metrics=list(job.train.metrics))
+        scores = model.evaluate(features, targets, batch_size=256, verbose=0, return_dict=True)
+        recall = None
+        if classes:
+            predicted = model.predict(features, batch_size=256, verbose=0)
+            predicted = (predicted[:, 0] > 0.5).astype(np.int32) if predicted.shape[-1] == 1 else predicted.argmax(-1)
+            recall = {name: float(np.mean(predicted[labels == index] == index))
+                      for index, name in enumerate(classes) if np.any(labels == index)}
+        results.append({"metrics": {f"test_{name}": float(value) for name, value in scores.items()}, "recall": recall})
+    return results
+
+
+def _held_out_arrays(rows: Split | StreamSplit):
+    """The held-out rows in memory, once, for every model judged on them."""
+    import numpy as np
+
+    if isinstance(rows, Split):
+        return rows.features, rows.labels
+    features, labels = [], []
+    for batch in rows.dataset.iter_batches(batch_size=1024, batch_format="numpy"):
+        features.append(np.asarray(batch["features"], np.float32))
+        labels.append(np.asarray(batch["label"]))
+    return np.concatenate(features), np.concatenate(labels)

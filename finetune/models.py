@@ -44,9 +44,11 @@ IMAGENET_TORCH_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 def create_model(job: Job, data: LoadedData) -> keras.Model:
     """Preprocessing, base, head and output; the base frozen as `model.freeze` says (phase 1)."""
     spec = job.model
+    if spec.keep_head:
+        return continued_model(job, data)
     inputs = keras.Input(shape=data.input_shape, name="features")
     x = create_preprocessing(job, data, inputs)
-    base = create_base(spec, data.input_shape, x.shape[1:], job.storage_path)
+    base = create_base(job, data.input_shape, x.shape[1:])
     # A trained base runs in inference mode, so its BatchNorm statistics stay as trained even
     # after it is unfrozen (Keras' transfer-learning guide).
     features = base(x, training=False) if has_trained_weights(spec) else base(x)
@@ -128,16 +130,17 @@ def create_augmentation(augment: AugmentSpec) -> keras.Sequential:
 # --- bases ---------------------------------------------------------------------------------------
 
 
-def create_base(spec: ModelSpec, data_shape: tuple, preprocessed_shape: tuple, storage_path: str) -> keras.Model:
+def create_base(job: Job, data_shape: tuple, preprocessed_shape: tuple) -> keras.Model:
     """The base as a sub-model named `base`. data_shape: the shape of the data's inputs;
     preprocessed_shape: of what the model's preprocessing hands the base (the same shape for
     images and tables; builtin bases are sized by it)."""
+    spec = job.model
     kind, _, name = spec.base.partition(":")
     if kind == "builtin":
         return builtin_base(name, spec, tuple(preprocessed_shape))
     if kind == "keras":
         return application_base(name, spec.weights, tuple(data_shape))
-    return file_base(spec, tuple(data_shape), storage_path)
+    return file_base(job, tuple(data_shape))
 
 
 # builtin:small_cnn flattens a final feature map this small (in each side) for the head.
@@ -229,21 +232,68 @@ def application_preprocessing(name: str, x) -> keras.KerasTensor:
     return x
 
 
-def file_base(spec: ModelSpec, data_shape: tuple, storage_path: str) -> keras.Model:
-    """A trained Keras 3 model from a file, URI or earlier run, cut at `cut_at` (default: all but
-    its last layer)."""
-    location = resolve_model_location(spec.base, storage_path)
-    trained = load_model_file(location, "model.base")
+def file_base(job: Job, data_shape: tuple) -> keras.Model:
+    """A trained Keras 3 model from a file, URI, earlier run or registry version, cut at `cut_at`
+    (default: all but its last layer)."""
+    spec = job.model
+    trained = load_base_model(spec.base, job)
     names = [layer.name for layer in trained.layers]
     if spec.cut_at is not None and spec.cut_at not in names:
         raise UserError(f"model.cut_at: no layer {spec.cut_at!r} in {spec.base}; its layers are: {', '.join(names)}.")
     cut = trained.get_layer(spec.cut_at) if spec.cut_at else trained.layers[-2]
     output = output_in_model(cut)
+    check_input_shape(trained, spec.base, data_shape)
+    return keras.Model(trained.inputs, output, name=BASE_LAYER)
+
+
+def check_input_shape(trained: keras.Model, base: str, data_shape: tuple) -> None:
     expected = tuple(trained.inputs[0].shape[1:])
     if len(expected) != len(data_shape) or any(e is not None and e != d for e, d in zip(expected, data_shape)):
-        raise UserError(f"model.base: {spec.base} takes inputs of shape {expected}, but the data has shape "
+        raise UserError(f"model.base: {base} takes inputs of shape {expected}, but the data has shape "
                         f"{data_shape}. Set dataset.image_size / dataset.channels to match, or use another base.")
-    return keras.Model(trained.inputs, output, name=BASE_LAYER)
+
+
+def continued_model(job: Job, data: LoadedData) -> keras.Model:
+    """`model.keep_head`: the trained model itself, every layer and weight as it was saved (its own
+    preprocessing, base, head and output), to go on training: a warm start. Only `model.freeze`
+    applies, to its `base` sub-model when it has one."""
+    spec = job.model
+    trained = load_base_model(spec.base, job)
+    check_input_shape(trained, spec.base, data.input_shape)
+    outputs = trained.outputs[0].shape[-1]
+    expected = 1 if job.model.task == "regression" or job.train.loss in BINARY_LOSSES else data.num_classes
+    if outputs != expected:
+        raise UserError(f"model.keep_head: {spec.base} has {outputs} outputs, but this job needs {expected} "
+                        f"({data.num_classes} classes, loss {job.train.loss}). Continue only a model of the same "
+                        "classes, or drop keep_head to train a new head on its base.")
+    names = [layer.name for layer in trained.layers]
+    if BASE_LAYER in names:
+        freeze_base(trained, spec.freeze)
+    elif spec.freeze != "none":
+        raise UserError(f"model.freeze: {spec.base} has no '{BASE_LAYER}' sub-model to freeze (its layers: "
+                        f"{', '.join(names)}). Use freeze: none with keep_head.")
+    return trained
+
+
+def load_base_model(base: str, job: Job, field: str = "model.base") -> keras.Model:
+    """A model base as a Keras model: a registry version or earlier run verified against its
+    manifest (and decrypted) before Keras reads a byte, or a file as it is."""
+    if not base.startswith("registry:"):
+        return load_model_file(base, field)
+    from finetune.registry.references import model_bytes
+
+    return load_model_bytes(model_bytes(base, job), base, field)
+
+
+def load_model_bytes(data: bytes, where: str, field: str) -> keras.Model:
+    """Keras loads from a file: the verified bytes go to one that only this user can read, in a
+    folder only this user can enter, removed as soon as the model is loaded."""
+    with tempfile.TemporaryDirectory(prefix="finetune-model-") as directory:  # mode 0700
+        local = os.path.join(directory, "model.keras")
+        handle = os.open(local, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
+        return _load_keras(local, where, field)
 
 
 def output_in_model(layer) -> keras.KerasTensor:
@@ -260,26 +310,21 @@ def load_model_file(location: str, field: str) -> keras.Model:
         raise UserError(f"{field}: no model file at {location!r}. Expected the path or URI of a .keras file.")
     with tempfile.TemporaryDirectory(prefix="finetune-model-") as directory:
         local = storage.fetch_to_local(location, os.path.join(directory, "model.keras"))
-        try:
-            return keras.models.load_model(local, compile=False, safe_mode=True)
-        except ValueError as error:
-            text = str(error)
-            if "safe_mode" in text or "unsafe" in text.lower() or "Lambda" in text:
-                raise UserError(f"{field}: {location} asks for unsafe deserialisation (a Lambda layer or "
-                                f"arbitrary code), which this runner refuses: {text.splitlines()[0]}") from None
-            raise UserError(f"{field}: {location} is not a Keras 3 model file: {text.splitlines()[0]}") from None
-        except Exception as error:  # zipfile.BadZipFile, KeyError, OSError for a file that is not a .keras archive
-            raise UserError(f"{field}: {location} is not a Keras 3 model file (.keras): "
-                            f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}") from None
+        return _load_keras(local, location, field)
 
 
-def resolve_model_location(base: str, storage_path: str) -> str:
-    """registry:NAME@latest or registry:NAME@<run id> -> that run's model file; a path stays."""
-    if not base.startswith("registry:"):
-        return base
-    from finetune.registry import resolve
-
-    return resolve(base, storage_path)
+def _load_keras(local: str, location: str, field: str) -> keras.Model:
+    try:
+        return keras.models.load_model(local, compile=False, safe_mode=True)
+    except ValueError as error:
+        text = str(error)
+        if "safe_mode" in text or "unsafe" in text.lower() or "Lambda" in text:
+            raise UserError(f"{field}: {location} asks for unsafe deserialisation (a Lambda layer or "
+                            f"arbitrary code), which this runner refuses: {text.splitlines()[0]}") from None
+        raise UserError(f"{field}: {location} is not a Keras 3 model file: {text.splitlines()[0]}") from None
+    except Exception as error:  # zipfile.BadZipFile, KeyError, OSError for a file that is not a .keras archive
+        raise UserError(f"{field}: {location} is not a Keras 3 model file (.keras): "
+                        f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}") from None
 
 
 # --- head and freezing ---------------------------------------------------------------------------

@@ -102,13 +102,17 @@ def cluster_capacity(address: str) -> Capacity:
             ray.shutdown()
 
 
-def check_reachable(storage_location: str, inputs: dict[str, str], capacity: Capacity) -> None:
+def check_reachable(storage_location: str, inputs: dict[str, str], capacity: Capacity,
+                    field: str = "storage_path") -> None:
     """On a cluster of several nodes, every local path a run uses must be one that every node sees
     at the same path: Train workers on any node write checkpoints under the storage path, and Ray
     Data tasks and trials on any node read the data and model files. The storage path is checked
     with a marker file written here, each input by looking for it, from a task on every node; the
     run stops before it starts if a node is blind to any of them. Files under `ray job submit
-    --working-dir` pass: Ray unpacks the working directory at the same path on every node."""
+    --working-dir` pass: Ray unpacks the working directory at the same path on every node.
+
+    field: the job field that names `storage_location` (storage_path, or registry for the model
+    registry, which the driver writes and trials read)."""
     from finetune import storage
     from finetune.errors import UserError
 
@@ -128,7 +132,7 @@ def check_reachable(storage_location: str, inputs: dict[str, str], capacity: Cap
         marker = os.path.join(path, f".finetune-reachable-{secrets.token_hex(4)}")
         with open(marker, "w") as out:
             out.write("written by the finetune driver to check that every node sees this folder\n")
-    looked_for = {**({"storage_path": marker} if marker else {}), **inputs}
+    looked_for = {**({field: marker} if marker else {}), **inputs}
     if not looked_for:
         return
     try:
@@ -149,16 +153,19 @@ def check_reachable(storage_location: str, inputs: dict[str, str], capacity: Cap
                     break
                 folder = os.path.dirname(folder)
     problems = []
-    for i, field in enumerate(looked_for):
+    for i, named_by in enumerate(looked_for):
         blind = [f"{n['NodeManagerAddress']} ({n['NodeID'][:8]})" for n, visible in zip(nodes, seen) if not visible[i]]
         if not blind:
             continue
-        if field == "storage_path":
+        if named_by == "storage_path":
             what = f"{storage_location} is a local folder"
             why = "their Train workers could not write checkpoints there"
+        elif named_by == "registry":
+            what = f"{storage_location} is a local folder"
+            why = "trials there could not read a registry base, nor the gate its champion"
         else:
-            what, why = f"{looked_for[field]} is a local path", "trials and data tasks there could not read it"
-        problems.append(f"{field}: {what} that {len(blind)} of the cluster's {len(nodes)} nodes cannot see "
+            what, why = f"{looked_for[named_by]} is a local path", "trials and data tasks there could not read it"
+        problems.append(f"{named_by}: {what} that {len(blind)} of the cluster's {len(nodes)} nodes cannot see "
                         f"({', '.join(blind)}); {why}.")
     if problems:
         raise UserError("\n".join(problems) + "\nUse object storage (s3://bucket/path, gs://bucket/path), a mount "

@@ -18,8 +18,8 @@ from finetune.errors import RunFailedError, UserError
 from finetune.failures import USER_ERROR, trial_failures
 from finetune.job import Job, to_yaml
 from finetune.ray_logs import RUN_LOG
+from finetune.registry.runs import SUMMARY_FILE
 from finetune.run_folders import write_driver_marker
-from finetune.registry import SUMMARY_FILE
 from finetune.resources import plan_concurrency
 from finetune.search_space import count_trials
 from finetune.trial import DataHandle
@@ -31,15 +31,33 @@ EVALUATION_FILE = "evaluation.json"  # the best model's confusion matrix or resi
 
 
 def run_job(job: Job, address: str | None = None, verbose: bool = False, out=None,
-            callbacks: tuple = (), resume: bool = False, progress: str = "plain") -> dict:
+            callbacks: tuple = (), resume: bool = False, progress: str = "plain", night=None) -> dict:
     """Run a job's whole search and return its summary (also written to summary.json).
 
     resume: continue the newest unfinished run of this job instead of starting a new one.
     callbacks: extra `ray.tune.Callback`s, for callers that watch trials as they run.
     progress: plain (a line per event), live (a view refreshed in place, for terminals) or quiet
-    (only the final result)."""
+    (only the final result).
+    night: a `finetune.registry.nightly.Night`: the run id comes from its date and the data, and a
+    night with nothing to do returns `{"status": "skipped", "reason": ...}` without a run."""
+    out = out or sys.stdout
+    job = pin_registry(job, out)
     run_dir = unfinished_run(job) if resume else None
-    return _run(job, run_dir, address, verbose, out or sys.stdout, callbacks, progress)
+    return _run(job, run_dir, address, verbose, out, callbacks, progress, night)
+
+
+def pin_registry(job: Job, out) -> Job:
+    """The job with its registry settled and its registry base pinned to one version, every
+    registry check made: nothing of it waits for the end of the search."""
+    from finetune.registry import promotion, references
+
+    job = references.settle_registry(job)
+    references.check_can_register(job)
+    job, note = references.pin_base(job)
+    promotion.check_champion(job)
+    if note:
+        print(note, file=out, flush=True)
+    return job
 
 
 def resume_run(run_dir: str, address: str | None = None, verbose: bool = False, out=None,
@@ -75,7 +93,8 @@ def unfinished_run(job: Job) -> str:
     return run_dir
 
 
-def _run(job: Job, run_dir: str | None, address, verbose: bool, out, callbacks, progress: str = "plain") -> dict:
+def _run(job: Job, run_dir: str | None, address, verbose: bool, out, callbacks, progress: str = "plain",
+         night=None) -> dict:
     started = time.time()
 
     # 1. Everything that can be wrong with the input, before anything is written.
@@ -94,10 +113,28 @@ def _run(job: Job, run_dir: str | None, address, verbose: bool, out, callbacks, 
     capacity = ray_cluster.connect(address, verbose=verbose, dashboard=job.executor == "ray_train")
     ray_cluster.check_reachable(storage.join(storage.absolute(job.storage_path), job.name), local_inputs(job),
                                 capacity)
+    if job.registers:
+        from finetune.registry.references import registry_root
+
+        ray_cluster.check_reachable(registry_root(job), {}, capacity, field="registry")
     import ray
 
     data = loading.result() if job.dataset.embedded else load_data(job.dataset, job.seed, job.model.task)
     check_fits_workers(data, job.resources.num_workers)
+    holdout = None
+    if job.promote is not None and job.promote.holdout is not None:
+        from finetune.data import load_holdout
+
+        holdout = load_holdout(job.dataset, job.promote.holdout, job.seed, job.model.task, data.classes)
+    run_id = None
+    if night is not None:
+        from finetune.registry import nightly
+
+        plan = nightly.plan(job, night, data.fingerprint)
+        print(plan.message, file=out, flush=True)
+        if plan.run_id is None:
+            return {"name": job.name, "status": "skipped", "reason": plan.message, "night": night.as_dict(job.name)}
+        run_id = plan.run_id
     handle = DataHandle(ray.put(data.without_test()))
     from finetune.evaluation import preflight_in_worker
 
@@ -108,8 +145,16 @@ def _run(job: Job, run_dir: str | None, address, verbose: bool, out, callbacks, 
 
     # 2. The run folder: <storage_path>/<name>/<run id>/
     resuming = run_dir is not None
+    if not resuming and night is not None:
+        from finetune.registry import nightly
+
+        run_dir = nightly.claim_run_dir(job, run_id)
+        if run_dir is None:  # a second start of the same night, a moment behind the first
+            reason = f"nothing to do: another process started night {night.date} as {run_id} a moment ago"
+            print(reason, file=out, flush=True)
+            return {"name": job.name, "status": "skipped", "reason": reason, "night": night.as_dict(job.name)}
     if not resuming:
-        run_dir = new_run_dir(job)
+        run_dir = run_dir or new_run_dir(job)
         storage.write_bytes(storage.join(run_dir, "job.yaml"), to_yaml(job).encode())
         storage.write_json(storage.join(run_dir, "classes.json"), data.classes)
     write_driver_marker(run_dir)  # this driver's host and pid: `finetune runs` tells running from interrupted
@@ -139,7 +184,7 @@ def _run(job: Job, run_dir: str | None, address, verbose: bool, out, callbacks, 
 
     # 4. What came of it.
     return finish_run(job, run_dir, results, data, started, out, capacity, quiet=progress == "quiet",
-                      trackers=trackers)
+                      trackers=trackers, holdout=holdout, night=night.as_dict(job.name) if night else None)
 
 
 def progress_views(job: Job, progress: str, num_trials: int, concurrency: int, run_dir: str, out) -> list:
@@ -153,15 +198,15 @@ def progress_views(job: Job, progress: str, num_trials: int, concurrency: int, r
     return [reports.make_progress_printer(job, num_trials, run_dir, out)]
 
 
-def new_run_dir(job: Job) -> str:
-    run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
+def new_run_dir(job: Job, run_id: str | None = None) -> str:
+    run_id = run_id or time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
     run_dir = storage.join(storage.absolute(job.storage_path), job.name, run_id)
     storage.make_dirs(run_dir)
     return run_dir
 
 
 def finish_run(job: Job, run_dir: str, results: list, data: LoadedData, started: float, out, capacity,
-               quiet: bool = False, trackers: list = ()) -> dict:
+               quiet: bool = False, trackers: list = (), holdout=None, night: dict | None = None) -> dict:
     outcomes = reports.trial_outcomes(results, job, trial_failures(run_dir))
     rows = reports.metrics_rows(results, list(job.search.space))
     reports.write_parquet(reports.metrics_table(rows), storage.join(run_dir, METRICS_FILE))
@@ -190,6 +235,8 @@ def finish_run(job: Job, run_dir: str, results: list, data: LoadedData, started:
         "cluster": {"nodes": capacity.nodes, "cpus": capacity.cpus, "gpus": capacity.gpus,
                     "started_here": capacity.started_here},
         "versions": _versions(),
+        "night": night,
+        "promotion": None,
     }
     candidates = [o for o in outcomes if o.status != "failed" and o.best_metric is not None]
     if candidates:
@@ -210,6 +257,13 @@ def finish_run(job: Job, run_dir: str, results: list, data: LoadedData, started:
             model_path=model_path,
             test_metrics=test_metrics,
         )
+        from finetune.registry.runs import write_run_manifest
+
+        write_run_manifest(run_dir, job.name)
+        if job.registers:
+            from finetune.registry.promotion import register_and_judge
+
+            summary["promotion"] = register_and_judge(job, run_dir, summary, data, holdout, night, out)
     else:
         summary["status"] = "failed"
     storage.write_json(storage.join(run_dir, SUMMARY_FILE), summary)

@@ -5,7 +5,7 @@
   (strict field validation) rejects them.
 - The `ray up` config against ray/autoscaler/ray-schema.json from the installed Ray wheel.
 - The batch/v1 CronJob by hand (no CRD exists for built-in kinds here).
-- Every `finetune run <job>` named anywhere under cluster/ against the job schema.
+- Every `finetune run|nightly|submit <job>` named anywhere under cluster/ against the job schema.
 
 No Ray is started: everything here runs in a few seconds.
 """
@@ -42,11 +42,15 @@ CRD_FILES = {
     "RayJob": "ray.io_rayjobs.yaml",
     "RayCronJob": "ray.io_raycronjobs.yaml",
 }
-# Files whose purpose is to run a job: each must name at least one `finetune run <job file>`.
+# Files whose purpose is to run a job: each must name at least one `finetune run <job file>` (or
+# `finetune nightly`, or `finetune submit`, which runs one on a cluster).
 ENTRYPOINT_FILES = ["rayjob.yaml", "raycronjob.yaml", "nightly-cronjob.yaml"]
+# Files that retrain nightly: each must run `finetune nightly`, or `finetune submit --nightly`.
+NIGHTLY_FILES = ["raycronjob.yaml", "nightly-cronjob.yaml"]
 # `finetune run jobs/x.yaml` or `python -m finetune run jobs/x.yaml`, options allowed in between.
-FINETUNE_RUN = re.compile(r"(?:python(?:3(?:\.\d+)?)? -m )?finetune run (?:--?\S+ (?:\S+ )?)*?(\S+\.ya?ml)(?!\S)")
-FINETUNE_VALIDATE = re.compile(FINETUNE_RUN.pattern.replace("finetune run", "finetune validate"))
+FINETUNE_RUN = re.compile(
+    r"(?:python(?:3(?:\.\d+)?)? -m )?finetune (?:run|nightly|submit) (?:--?\S+ (?:\S+ )?)*?(\S+\.ya?ml)(?!\S)")
+FINETUNE_VALIDATE = re.compile(FINETUNE_RUN.pattern.replace("(?:run|nightly|submit)", "validate"))
 
 
 
@@ -271,9 +275,9 @@ BROKEN = [
                  "spec.workerGroupSpecs.0.template.spec.containers.0.resources.limits.cpu", "four",
                  "spec.workerGroupSpecs.0.template.spec.containers.0.resources.limits.cpu: 'four' does not match",
                  id="quantity-not-a-quantity"),
-    pytest.param("raycluster.yaml", "spec.headGroupSpec.template.spec.containers.0.env.1.name",
+    pytest.param("raycluster.yaml", "spec.headGroupSpec.template.spec.containers.0.env.2.name",
                  "AWS_ACCESS_KEY_ID",
-                 "spec.headGroupSpec.template.spec.containers.0.env: items 0 and 1 share the map key",
+                 "spec.headGroupSpec.template.spec.containers.0.env: items 1 and 2 share the map key",
                  id="duplicate-env-name"),
     pytest.param("raycluster.yaml", "spec.autoscalerOptions.upscalingMode", "Fast",
                  "spec.autoscalerOptions.upscalingMode: 'Fast' is not one of", id="enum"),
@@ -368,7 +372,9 @@ def test_kuberay_cluster_layout(name):
         for container in group["template"]["spec"]["containers"]:
             assert container["image"].startswith(IMAGE_REPOSITORY + ":"), container["image"]
             env = {e["name"]: e for e in container.get("env", [])}
-            for variable in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+            # The clusters that nightly jobs run on also get the registry's signing key.
+            signing = ("FINETUNE_SIGNING_KEY",) if name != "rayjob.yaml" else ()
+            for variable in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", *signing):
                 assert "secretKeyRef" in env[variable].get("valueFrom", {}), (
                     f"{name}: {variable} must come from a Secret, not a literal value")
                 assert "value" not in env[variable]
@@ -475,6 +481,8 @@ def test_entrypoint_pattern():
     assert finetune_run_jobs("ray job submit -- finetune run --address auto jobs/c.yml") == ["jobs/c.yml"]
     assert finetune_run_jobs("finetune validate jobs/a.yaml") == []
     assert finetune_run_jobs("finetune run jobs/a.yaml.bak") == []
+    assert finetune_run_jobs("finetune nightly --date 2026-01-01 jobs/n.yaml") == ["jobs/n.yaml"]
+    assert finetune_run_jobs("exec finetune submit jobs/n.yaml --nightly --address x") == ["jobs/n.yaml"]
 
 
 @pytest.mark.parametrize("name", ENTRYPOINT_FILES)
@@ -495,6 +503,19 @@ def test_every_entrypoint_names_a_valid_cluster_job(path):
             pytest.fail(f"{path.name}: {job} does not validate:\n{error}")
         assert "://" in loaded.storage_path and not loaded.storage_path.startswith("file://"), (
             f"{job}: storage_path {loaded.storage_path!r} is local; a multi-node run needs object storage")
+        if loaded.registers or loaded.model.base.startswith("registry:"):
+            path = loaded.registry.path if loaded.registry else None
+            assert path and "://" in path and not path.startswith("file://"), (
+                f"{job}: registry {path!r} is not object storage; every node reads the registry")
+
+
+@pytest.mark.parametrize("name", NIGHTLY_FILES)
+def test_nightly_files_run_finetune_nightly(name):
+    """The nightly schedules call `finetune nightly` (directly, or through `finetune submit
+    --nightly`), whose run ids make a repeated night do nothing."""
+    texts = list(walk_strings(load_documents(CLUSTER / name)))
+    assert any(re.search(r"finetune nightly \S+\.yaml", t) or re.search(r"finetune submit \S+\.yaml --nightly", t)
+               for t in texts), f"cluster/{name}: no `finetune nightly` entrypoint"
 
 
 def test_cluster_yaml_files_hold_one_document_each():
@@ -524,11 +545,12 @@ def test_nightly_cronjob():
     assert container["image"].startswith(IMAGE_REPOSITORY + ":")
 
     script = " ".join(container.get("command", []) + container.get("args", []))
-    words = shlex.split(script.split("-- finetune run")[0].replace(";", " "))
-    assert "ray" in words and "submit" in words
-    options = {w: words[i + 1] for i, w in enumerate(words[:-1]) if w.startswith("--")}
-    # One submission per day: the id carries the date, and the job server refuses a second one.
-    assert options["--submission-id"].startswith("nightly-") and "$(date" in options["--submission-id"]
+    words = shlex.split(script.replace(";", " "))
+    assert words[words.index("finetune") + 1] == "submit" and "--nightly" in words
+    options = {w: words[i + 1] for i, w in enumerate(words[:-1]) if w.startswith("--") and w != "--nightly"}
+    # One submission per day: `finetune submit --nightly` names it nightly-<job>-<UTC date>, and the
+    # job server refuses a second one; no fixed --submission-id here.
+    assert "--submission-id" not in options
     # The standing RayCluster's head service: <RayCluster name>-head-svc, dashboard port 8265.
     head = load_one("raycluster.yaml")["metadata"]["name"] + "-head-svc"
     assert options["--address"] == f"http://{head}:8265"

@@ -61,3 +61,26 @@ def test_plan_with_an_address_asks_that_cluster(ray_head):
     assert f"cluster: the cluster at {ray_head.gcs_address}: 2 CPUs, 0 GPUs" in result.stdout
     assert "trials at once: 2, bound by CPUs" in result.stdout
     assert result.stderr == "" and ray_head.process.poll() is None
+
+
+def test_finetune_submit_nightly_runs_one_night_and_a_second_submission_follows_it(ray_head, tmp_path):
+    """`finetune submit --nightly`: the driver on the cluster runs `finetune nightly` under the
+    night's submission id and registers the night's model; a second submission that night (a
+    retried CronJob pod) starts nothing and follows the night's job to its end."""
+    runs = tmp_path / "runs"
+    command = [sys.executable, "-m", "finetune", "submit", "jobs/digits-nightly.yaml", "--nightly", "--date", "2026-01-01",
+               "--address", ray_head.dashboard, "--runtime-env", "cluster/runtime_env.yaml",
+               "--set", f"storage_path={runs}", "--set", "search.num_samples=1", "--set", "train.epochs=3",
+               "--set", "promote.min_value=0.5"]
+    result = subprocess.run(command, cwd=REPO, env=ray_head.env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "submitted nightly-digits-nightly-2026-01-01" in result.stdout
+    assert "python -m finetune nightly jobs/digits-nightly.yaml --date 2026-01-01" in result.stdout
+    assert "nightly-digits-nightly-2026-01-01: SUCCEEDED" in result.stdout
+    summary = summary_under(runs)
+    assert summary["night"]["date"] == "2026-01-01" and summary["cluster"]["started_here"] is False
+    assert summary["promotion"]["version"] == "v1" and summary["promotion"]["decision"] == "promoted"
+    again = subprocess.run(command, cwd=REPO, env=ray_head.env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "was already submitted" in again.stdout and "SUCCEEDED" in again.stdout
+    assert len(list(runs.glob("digits-nightly/*/summary.json"))) == 1

@@ -141,20 +141,38 @@ def test_model_file_asking_for_unsafe_deserialisation_is_refused(tmp_path, digit
 
 
 def test_registry_latest_and_run_id(tmp_path, digits):
-    from finetune.registry import resolve
+    """Runs by name: the newest finished run or one run id, each checked against the manifest its
+    run wrote before Keras loads it."""
+    import shutil
+
+    from finetune.registry.names import parse_reference
+    from finetune.registry.runs import run_dir_of, run_model_bytes, write_run_manifest
 
     path = trained_digits_model(tmp_path, digits, epochs=1)
     for run_id in ("20260101-000000-aaaa", "20260102-000000-bbbb"):
-        (tmp_path / "runs" / "pre" / run_id).mkdir(parents=True)
-        (tmp_path / "runs" / "pre" / run_id / "summary.json").write_text(json.dumps({"model_path": f"{path}#{run_id}"}))
+        run_dir = tmp_path / "runs" / "pre" / run_id
+        run_dir.mkdir(parents=True)
+        shutil.copy(path, run_dir / "model.keras")
+        (run_dir / "summary.json").write_text(json.dumps({"model_path": str(run_dir / "model.keras")}))
+        write_run_manifest(str(run_dir), "pre")
     (tmp_path / "runs" / "pre" / "20260103-000000-cccc").mkdir()  # unfinished: no summary
     storage_path = str(tmp_path / "runs")
-    assert resolve("registry:pre@latest", storage_path).endswith("bbbb")
-    assert resolve("registry:pre@20260101-000000-aaaa", storage_path).endswith("aaaa")
-    with pytest.raises(UserError, match="need the model registry"):
-        resolve("registry:pre@champion", storage_path)
+    assert run_dir_of(parse_reference("registry:pre@latest"), storage_path).endswith("bbbb")
+    assert run_dir_of(parse_reference("registry:pre@20260101-000000-aaaa"), storage_path).endswith("aaaa")
     with pytest.raises(UserError, match="no finished run of 'other'"):
-        resolve("registry:other@latest", storage_path)
+        run_dir_of(parse_reference("registry:other@latest"), storage_path)
+
+    model = create_model(make_job(model={"base": "registry:pre@latest", "cut_at": "base"},
+                                  storage_path=storage_path), digits)
+    assert model.get_layer("base").count_params() > 0
+    tampered = tmp_path / "runs" / "pre" / "20260102-000000-bbbb" / "model.keras"
+    data = bytearray(tampered.read_bytes())
+    data[len(data) // 2] ^= 1
+    tampered.write_bytes(bytes(data))
+    with pytest.raises(UserError, match="model.keras does not match its manifest"):
+        run_model_bytes(str(tampered.parent))
+    with pytest.raises(UserError, match="has no champion"):
+        create_model(make_job(model={"base": "registry:pre@champion"}, storage_path=storage_path), digits)
 
 
 # --- freezing and phases -------------------------------------------------------------------------

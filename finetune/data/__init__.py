@@ -97,3 +97,25 @@ def check_fits_workers(data: LoadedData, num_workers: int) -> None:
                 f"dataset.split: the {name} split has {len(split)} rows, fewer than "
                 f"resources.num_workers ({num_workers}); use more data, a larger split or fewer workers"
             )
+
+
+def load_holdout(spec: DatasetSpec, source: str, seed: int, task: str, classes: list[str] | None):
+    """The rows of a pinned held-out source (`promote.holdout`), read as the dataset's own files
+    are (same format, label, features, image settings), whole: (rows, label map), where the label
+    map takes the holdout's class indices to the run's (None for regression)."""
+    from finetune.data.prepare import load_files
+
+    whole = DatasetSpec.model_validate({**spec.model_dump(), "source": None, "split": {},
+                                        "train": {"source": source, "format": spec.format},
+                                        "validation": {"source": source, "format": spec.format}, "test": None})
+    try:
+        loaded = load_files(whole, seed, task)
+    except DataError as error:
+        raise DataError(f"promote.holdout: {source}: {str(error).replace('dataset.train.source', 'the holdout')}") from None
+    if not classes:
+        return loaded.train, None
+    unknown = [c for c in loaded.classes if c not in classes]
+    if unknown:
+        raise DataError(f"promote.holdout: {source} has classes the run's data does not ({', '.join(unknown)}); "
+                        f"expected only {', '.join(classes)}. Pin a holdout of the same classes.")
+    return loaded.train, [classes.index(c) for c in loaded.classes]

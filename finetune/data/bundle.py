@@ -77,6 +77,11 @@ class LoadedData:
 
 
 def feature_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and variance per feature (tables) or per channel (images)."""
+    """Mean and variance per feature (tables) or per channel (images). A feature constant in the
+    training split gets variance 1, so it is only centred: Keras' Normalization divides by
+    max(sqrt(variance), 1e-7), and a value the training rows never had there (a pixel blank in
+    every training image) would reach the model multiplied by millions. scikit-learn's
+    StandardScaler does the same (sklearn/preprocessing/_data.py, _handle_zeros_in_scale)."""
     axes = tuple(range(features.ndim - 1)) if features.ndim > 2 else (0,)
-    return features.mean(axis=axes, dtype=np.float64), features.var(axis=axes, dtype=np.float64)
+    variance = features.var(axis=axes, dtype=np.float64)
+    return features.mean(axis=axes, dtype=np.float64), np.where(variance > 1e-12, variance, 1.0)

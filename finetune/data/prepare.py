@@ -346,6 +346,7 @@ def _load_streaming(spec, converted, conversion, seed, class_names, raw, preview
     train = summaries["train"]
     mean = train["sum"] / train["count"]
     variance = np.maximum(train["sum_squares"] / train["count"] - mean**2, 0.0)
+    variance = np.where(variance > 1e-12, variance, 1.0)  # constant features only centred, as feature_statistics
     return LoadedData(final["train"], final["validation"], final.get("test"), classes, train["shape"], mean, variance,
                       skipped_rows=skipped)
 

@@ -26,6 +26,10 @@ PATH_FIELDS: dict[str, tuple[str, ...]] = {
     "model.base": ("builtin:", "keras:", "registry:"),
     "model.weights": ("imagenet", "none"),
     "tracking.mlflow": ("databricks",),  # a path names an SQLite file; URIs (sqlite:///, http://) stay
+    "model.fallback_base": ("builtin:", "keras:", "registry:"),
+    "registry": (),
+    "registry.path": (),
+    "promote.holdout": (),
 }
 SPACE = "search.space"
 DEFAULT_STORAGE = "runs"  # under the working directory when a job names no storage_path
@@ -38,7 +42,7 @@ def resolve_paths(value: Any, base_dir: str, at: str = "") -> Any:
         return {entry: _resolve_domain(entry, spec, base_dir) for entry, spec in value.items()}
     if at.startswith(SPACE + "."):
         return _resolve_domain(at[len(SPACE) + 1:], value, base_dir)
-    if at in PATH_FIELDS:
+    if at in PATH_FIELDS and not isinstance(value, dict):  # `registry:` is a path or a mapping with one
         return absolute_path(value, PATH_FIELDS[at], base_dir)
     if isinstance(value, dict):
         return {key: resolve_paths(item, base_dir, f"{at}.{key}" if at else str(key)) for key, item in value.items()}
@@ -82,6 +86,8 @@ def local_inputs(job) -> dict[str, str]:
            for name in ("train", "validation", "test") if getattr(job.dataset, name) is not None},
         "model.base": job.model.base,
         "model.weights": job.model.weights,
+        "model.fallback_base": job.model.fallback_base,
+        "promote.holdout": job.promote.holdout if job.promote else None,
     }
     for field, value in candidates.items():
         path = value.removeprefix("file://") if isinstance(value, str) else value

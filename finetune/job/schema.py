@@ -158,12 +158,20 @@ class ModelSpec(_Strict):
     - keras:NAME: any Keras Applications model (keras:MobileNetV3Small, keras:ResNet50...), with
       `weights: imagenet` (downloaded where the network allows), a local weights file, or none;
     - path/to/model.keras or a URI: a Keras 3 model, loaded with safe_mode, cut at `cut_at`;
-    - registry:NAME@latest or registry:NAME@<run id>: the best model of an earlier run of NAME.
+    - registry:NAME@champion, @v3 or @<alias>: a version of model NAME in the model registry;
+      registry:NAME@latest or registry:NAME@<run id>: the best model of an earlier run of NAME.
     """
 
     base: str = Field("builtin:small_cnn", description=(
         "builtin:small_cnn | builtin:mlp | keras:<Applications model> | a .keras file or URI | "
-        "registry:NAME@latest | registry:NAME@<run id>"))
+        "registry:NAME@champion | @v3 | @<alias> | @latest | @<run id>"))
+    fallback_base: Optional[str] = Field(None, description=(
+        "the base when `base` is a registry alias that names no version yet (the first night of a "
+        "nightly job warm-started from registry:NAME@champion): builtin:, keras:, a .keras file"))
+    keep_head: bool = Field(False, description=(
+        "file and registry bases: keep the whole trained network, its head and output included, and go on "
+        "training it (a warm start); model.head and cut_at are then not used, and the data must have the "
+        "model's classes. When the base falls back to model.fallback_base, a new model is built as usual"))
     weights: Optional[str] = Field(None, description="keras: bases: imagenet, none or a weights file (default imagenet)")
     cut_at: Optional[str] = Field(None, description="file bases: the layer whose output the head takes (default: drop the last layer)")
     task: Literal["classification", "regression"] = Field(
@@ -187,13 +195,23 @@ class ModelSpec(_Strict):
                 return base
             raise ValueError(keras_names.unknown_name_message("Applications model", name, keras_names.APPLICATIONS))
         if kind == "registry" and sep:
-            if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*@[A-Za-z0-9_.-]+", name):
+            if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}@[A-Za-z0-9][A-Za-z0-9_.-]{0,99}", name) and ".." not in name:
                 return base
-            raise ValueError("expected registry:NAME@latest or registry:NAME@<run id>")
+            raise ValueError("expected registry:NAME@champion, registry:NAME@v3, registry:NAME@<alias>, "
+                             "registry:NAME@latest or registry:NAME@<run id>")
         if base.endswith(".keras"):
             return base
         raise ValueError("expected builtin:small_cnn, builtin:mlp, keras:<Applications model>, "
-                         "registry:NAME@latest, or the path or URI of a .keras file")
+                         "registry:NAME@champion, registry:NAME@latest, or the path or URI of a .keras file")
+
+    @field_validator("fallback_base")
+    @classmethod
+    def _known_fallback(cls, base: Optional[str]) -> Optional[str]:
+        if base is None:
+            return None
+        if base.startswith("registry:"):
+            raise ValueError("expected a base that needs no registry: builtin:, keras: or a .keras file")
+        return cls._known_base(base)
 
     @model_validator(mode="after")
     def _fields_fit_the_base(self) -> "ModelSpec":
@@ -202,6 +220,13 @@ class ModelSpec(_Strict):
             raise ValueError("expected model.weights only with a keras: base (the others carry their weights)")
         if self.cut_at is not None and kind in ("builtin", "keras"):
             raise ValueError("expected model.cut_at only with a model file or registry base")
+        if self.keep_head and kind in ("builtin", "keras"):
+            raise ValueError("expected model.keep_head only with a model file or registry base (it continues a "
+                             "trained model)")
+        if self.keep_head and self.cut_at is not None:
+            raise ValueError("expected model.keep_head or model.cut_at, not both: keep_head keeps every layer")
+        if self.fallback_base is not None and kind != "registry":
+            raise ValueError("expected model.fallback_base only with a registry: base (the others always exist)")
         return self
 
 
@@ -412,6 +437,42 @@ class TrackingSpec(_Strict):
     mlflow_experiment: Optional[str] = Field(None, description="the MLflow experiment; default: the job's name")
 
 
+# --- the model registry and promotion ---------------------------------------------------------------
+
+
+class RegistrySpec(_Strict):
+    """Where registered models go, and how they are protected. Keys come from the environment only:
+    FINETUNE_SIGNING_KEY (or FINETUNE_SIGNING_KEY_FILE), FINETUNE_ENCRYPTION_KEY (or _FILE)."""
+
+    path: Optional[str] = Field(None, description=(
+        "a folder (relative to the job file) or a pyarrow URI (s3://, gs://); default: FINETUNE_REGISTRY, "
+        "else <storage_path>/registry"))
+    encrypt: bool = Field(False, description=(
+        "store model files encrypted at rest (AES-256-GCM, key from FINETUNE_ENCRYPTION_KEY)"))
+    require_signature: bool = Field(False, description=(
+        "refuse a registry model whose manifest is unsigned or not signed with FINETUNE_SIGNING_KEY"))
+
+
+class PromoteSpec(_Strict):
+    """The champion/challenger gate. After a run its best model (the challenger) is registered as a new
+    version, and it becomes the champion only if it meets min_value, beats the champion by at least
+    min_delta on the same held-out rows, and no class's recall drops by more than max_class_drop."""
+
+    metric: Optional[str] = Field(None, description=(
+        "test_loss or test_<a train.metrics entry>, measured on the held-out rows; default: search.metric "
+        "with test_ for val_"))
+    mode: Literal["auto", "max", "min"] = Field("auto", description="auto: min for losses and errors, else max")
+    min_delta: float = Field(0.0, ge=0, description=(
+        "how much better than the champion the challenger must be (a tie never promotes)"))
+    min_value: Optional[float] = Field(None, description="the value the challenger must reach, champion or not")
+    max_class_drop: Optional[float] = Field(None, ge=0, le=1, description=(
+        "the most any class's recall may fall below the champion's (classification)"))
+    holdout: Optional[str] = Field(None, description=(
+        "a pinned data source (file, folder or URI, read like dataset.source) to judge both models on, "
+        "instead of the run's test split; it should not change from night to night"))
+    alias: str = Field("champion", description="the alias the gate moves")
+
+
 # --- the job -------------------------------------------------------------------------------------
 
 
@@ -428,6 +489,29 @@ class Job(_Strict):
     search: SearchSpec = Field(SearchSpec(), description="the metric, the search space and the scheduler")
     resources: ResourcesSpec = Field(ResourcesSpec(), description="what each trial asks of the cluster")
     tracking: TrackingSpec = Field(TrackingSpec(), description="TensorBoard and MLflow records of the trials")
+    registry: Optional[RegistrySpec] = Field(None, description=(
+        "the model registry: a folder or URI, or {path, encrypt, require_signature}; a job with this "
+        "or promote: registers its best model as a new version"))
+    registry_name: Optional[str] = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100,
+                                         description="the model's name in the registry (default: name)")
+    promote: Optional[PromoteSpec] = Field(None, description=(
+        "the champion/challenger gate run after the search (finetune nightly uses it with defaults)"))
+
+    @field_validator("registry", mode="before")
+    @classmethod
+    def _registry_path(cls, value: Any) -> Any:
+        # `registry: s3://bucket/models` reads better than `registry: {path: s3://bucket/models}`.
+        return {"path": value} if isinstance(value, str) else value
+
+    @property
+    def model_name(self) -> str:
+        """The name the job's models have in the registry."""
+        return self.registry_name or self.name
+
+    @property
+    def registers(self) -> bool:
+        """Whether a run of this job registers its best model."""
+        return self.registry is not None or self.promote is not None
 
     @property
     def executor(self) -> str:

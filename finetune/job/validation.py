@@ -77,11 +77,46 @@ def _cross_field_problems(job: Job) -> list[Problem]:
     elif job.train.loss in REGRESSION_LOSSES:
         problems.append(Problem("train.loss", job.train.loss,
                                 "expected a classification loss; for a numeric target set model.task: regression"))
+    problems.extend(_promotion_problems(job))
     if job.train.batch_size < job.resources.num_workers:
         problems.append(Problem(
             "train.batch_size", job.train.batch_size,
             f"expected at least resources.num_workers ({job.resources.num_workers}): it is the global batch",
         ))
+    return problems
+
+
+def _promotion_problems(job: Job) -> list[Problem]:
+    """The gate measures a metric the job's models compute, on rows the search never saw."""
+    problems = []
+    promote = job.promote
+    if promote is not None:
+        names = ["loss", *job.train.metrics]
+        if promote.metric is not None and promote.metric not in [f"test_{n}" for n in names]:
+            problems.append(Problem("promote.metric", promote.metric,
+                                    f"expected one of: {', '.join(f'test_{n}' for n in names)} (the job's loss or "
+                                    "a train.metrics entry, measured on the held-out rows)"))
+        split = job.dataset.split
+        no_test = job.dataset.test is None and split.column is None and not split.test
+        if promote.holdout is None and no_test:
+            problems.append(Problem("promote.holdout", None, (
+                "expected held-out rows to judge the models on: a promote.holdout source, dataset.split.test "
+                "above 0, or a dataset.test source")))
+        if promote.holdout is not None and promote.holdout.startswith("sklearn:"):
+            problems.append(Problem("promote.holdout", promote.holdout, (
+                "expected a file, folder or URI; for an embedded data set the run's test split is the held-out rows "
+                "(leave promote.holdout unset)")))
+        if promote.max_class_drop is not None and job.model.task == "regression":
+            problems.append(Problem("promote.max_class_drop", promote.max_class_drop,
+                                    "expected no per-class rule for model.task regression (there are no classes)"))
+        from finetune.registry.names import name_problem
+
+        if promote.alias and name_problem(promote.alias):
+            problems.append(Problem("promote.alias", promote.alias, name_problem(promote.alias)))
+    if job.registers and job.name == "registry" and (job.registry is None or job.registry.path is None):
+        problems.append(Problem("name", job.name, (
+            "expected another name: runs of a job named 'registry' would share <storage_path>/registry/ with the "
+            "default model registry; rename the job or set registry.path")))
     return problems
 
 
