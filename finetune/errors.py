@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import reprlib
 from dataclasses import dataclass
 
 USER_ERROR_EXIT_CODE = 2
@@ -70,7 +71,15 @@ def innermost_cause(error: BaseException) -> BaseException:
 
 def _short(value: object, limit: int = 80) -> str:
     """A value as the message shows it: whole for strings up to a long path's length, cut short
-    otherwise (a value may be a whole section, or megabytes from a hostile file)."""
-    text = repr(value)
-    limit = 400 if isinstance(value, str) else limit
+    otherwise (a value may be a whole section, or a hostile file's deep or repeated structure,
+    which `reprlib` cuts while it writes instead of after)."""
+    if isinstance(value, str):
+        text, limit = repr(value), 400
+    else:
+        text = _REPR.repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxtuple, _REPR.maxdict, _REPR.maxset = 3, 8, 8, 8, 8
+_REPR.maxstring, _REPR.maxlong, _REPR.maxother = 60, 40, 60

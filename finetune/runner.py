@@ -41,9 +41,8 @@ def resume_run(run_dir: str, address: str | None = None, verbose: bool = False, 
                callbacks: tuple = ()) -> dict:
     """Continue a run whose driver stopped (killed, lost its node): finished trials are kept,
     trials in flight restart from their last checkpoints, the rest start."""
-    import yaml
-
     from finetune.job import validate_job_dict
+    from finetune.job.safe_yaml import decode_utf8, load_yaml
 
     run_dir = storage.absolute(run_dir)
     job_file = storage.join(run_dir, "job.yaml")
@@ -51,7 +50,7 @@ def resume_run(run_dir: str, address: str | None = None, verbose: bool = False, 
         raise UserError(f"resume: {run_dir} is not a run folder (expected job.yaml and {TUNE_FOLDER}/ in it).")
     if storage.exists(storage.join(run_dir, SUMMARY_FILE)):
         raise UserError(f"resume: run {run_dir} already finished (it has {SUMMARY_FILE}); nothing to resume.")
-    job = validate_job_dict(yaml.safe_load(storage.read_bytes(job_file)), source=job_file)
+    job = validate_job_dict(load_yaml(decode_utf8(storage.read_bytes(job_file))), source=job_file)
     return _run(job, run_dir, address, verbose, out or sys.stdout, callbacks)
 
 
