@@ -8,21 +8,22 @@ TensorFlow: validating a job takes milliseconds.
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Any, Literal, Optional, Union, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from finetune import keras_names
+from finetune.job.names import name_problem
 
 EMBEDDED_DATASETS = ("digits", "breast_cancer", "wine", "iris", "diabetes")
 BUILTIN_MODELS = ("small_cnn", "mlp")
 
 
 class _Strict(BaseModel):
-    """Unknown keys are errors, not silently ignored."""
+    """Unknown keys are errors, not silently ignored; no number field takes NaN or an infinity
+    (`1e400` is text to YAML, and infinite to pydantic)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 # --- dataset -------------------------------------------------------------------------------------
@@ -178,9 +179,11 @@ class ModelSpec(_Strict):
                 return base
             raise ValueError(keras_names.unknown_name_message("Applications model", name, keras_names.APPLICATIONS))
         if kind == "registry" and sep:
-            if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*@[A-Za-z0-9_.-]+", name):
+            job_name, at, version = name.partition("@")
+            problem = name_problem(job_name) or name_problem(version) if at else "expected a version after '@'"
+            if problem is None:
                 return base
-            raise ValueError("expected registry:NAME@latest or registry:NAME@<run id>")
+            raise ValueError(f"expected registry:NAME@latest or registry:NAME@<run id>; {problem}")
         if base.endswith(".keras"):
             return base
         raise ValueError("expected builtin:small_cnn, builtin:mlp, keras:<Applications model>, "
@@ -383,8 +386,8 @@ class ResourcesSpec(_Strict):
 
 
 class Job(_Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)
-    seed: int = 0
+    name: str = Field(description="names the folder of the job's runs: letters, digits, '_', '-', '.'")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="the experiment seed (NumPy's range: 0 to 2**32 - 1)")
     storage_path: str = Field("runs", description=(
         "where runs go, <storage_path>/<name>/<run id>/: a folder (relative to the job file; runs/ of the "
         "working directory when unset) or a pyarrow URI (s3://, gs://)"))
@@ -393,6 +396,14 @@ class Job(_Strict):
     train: TrainSpec = TrainSpec()
     search: SearchSpec = SearchSpec()
     resources: ResourcesSpec = ResourcesSpec()
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_a_folder(cls, name: str) -> str:
+        problem = name_problem(name)
+        if problem is not None:
+            raise ValueError(problem)
+        return name
 
     @property
     def executor(self) -> str:

@@ -4,6 +4,7 @@ against the fields it varies, and the translation of all of it into `Problem`s, 
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from typing import Any
 
@@ -17,18 +18,34 @@ from finetune.job.schema import REGRESSION_LOSSES, REGRESSION_METRICS, Job, repo
 
 def validate_job_dict(raw: dict, source: str = "<job>") -> Job:
     """A validated Job, or a JobError listing every problem with its path, value and expectation."""
-    problems: list[Problem] = []
+    problems = _number_problems(raw)
     try:
         job = Job.model_validate(raw)
     except ValidationError as error:
         job = None
-        problems.extend(_problems_from(error, raw))
+        found = {p.path for p in problems}
+        problems.extend(p for p in _problems_from(error, raw) if p.path not in found)
     problems.extend(_space_problems(raw))
     if job is not None:
         problems.extend(_cross_field_problems(job))
     if problems:
         raise JobError(source, problems)
     return job
+
+
+def _number_problems(value: Any, path: str = "") -> list[Problem]:
+    """NaN, infinities and integers beyond 64 bits, anywhere in the job (the optimizer's own
+    arguments and search-space values included): no field takes them, and the libraries the
+    values go to would fail on them long after the run started, or train on nonsense."""
+    if isinstance(value, dict):
+        return [p for key, item in value.items() for p in _number_problems(item, f"{path}.{key}" if path else str(key))]
+    if isinstance(value, list):
+        return [p for i, item in enumerate(value) for p in _number_problems(item, f"{path}.{i}" if path else str(i))]
+    if isinstance(value, float) and not math.isfinite(value):
+        return [Problem(path, value, "expected a finite number (NaN and infinities are refused)")]
+    if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**63:
+        return [Problem(path, f"a number of {len(str(abs(value)))} digits", "expected a number that fits 64 bits")]
+    return []
 
 
 def _cross_field_problems(job: Job) -> list[Problem]:
@@ -92,8 +109,12 @@ def _space_problems(raw: dict) -> list[Problem]:
     if not isinstance(space, dict):
         return []
     problems = []
+    fixed_problems = _problem_paths(set_path(raw, "search.space", {}))
     for dotted, spec in space.items():
         where = f"search.space.{dotted}"
+        if not isinstance(dotted, str):
+            problems.append(Problem(where, dotted, "expected a dotted field path such as train.learning_rate"))
+            continue
         try:
             domain = search_space.parse_domain(spec)
         except ValueError as error:
@@ -113,7 +134,9 @@ def _space_problems(raw: dict) -> list[Problem]:
                 Job.model_validate(candidate)
             except ValidationError as error:
                 for problem in _problems_from(error, candidate):
-                    if problem.path == dotted or problem.path.startswith(dotted + "."):
+                    # At the field, inside it, or a new one around it (a list given keys inside it).
+                    around = dotted.startswith(problem.path + ".") and problem.path not in fixed_problems
+                    if problem.path == dotted or problem.path.startswith(dotted + ".") or around:
                         problems.append(Problem(where, value, problem.expected))
                         break
     try:
@@ -122,6 +145,14 @@ def _space_problems(raw: dict) -> list[Problem]:
     except ValueError:
         pass  # malformed entries are reported above
     return problems
+
+
+def _problem_paths(raw: dict) -> set[str]:
+    try:
+        Job.model_validate(raw)
+    except ValidationError as error:
+        return {problem.path for problem in _problems_from(error, raw)}
+    return set()
 
 
 # Only these sections may vary from trial to trial: the data set is loaded and split once per run,
