@@ -6,7 +6,7 @@ from __future__ import annotations
 import difflib
 import math
 import re
-from typing import Any
+from typing import Any, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
 
@@ -109,7 +109,6 @@ def _space_problems(raw: dict) -> list[Problem]:
     if not isinstance(space, dict):
         return []
     problems = []
-    fixed_problems = _problem_paths(set_path(raw, "search.space", {}))
     for dotted, spec in space.items():
         where = f"search.space.{dotted}"
         if not isinstance(dotted, str):
@@ -134,9 +133,7 @@ def _space_problems(raw: dict) -> list[Problem]:
                 Job.model_validate(candidate)
             except ValidationError as error:
                 for problem in _problems_from(error, candidate):
-                    # At the field, inside it, or a new one around it (a list given keys inside it).
-                    around = dotted.startswith(problem.path + ".") and problem.path not in fixed_problems
-                    if problem.path == dotted or problem.path.startswith(dotted + ".") or around:
+                    if problem.path == dotted or problem.path.startswith(dotted + "."):
                         problems.append(Problem(where, value, problem.expected))
                         break
     try:
@@ -145,14 +142,6 @@ def _space_problems(raw: dict) -> list[Problem]:
     except ValueError:
         pass  # malformed entries are reported above
     return problems
-
-
-def _problem_paths(raw: dict) -> set[str]:
-    try:
-        Job.model_validate(raw)
-    except ValidationError as error:
-        return {problem.path for problem in _problems_from(error, raw)}
-    return set()
 
 
 # Only these sections may vary from trial to trial: the data set is loaded and split once per run,
@@ -166,14 +155,19 @@ def _field_problem(dotted: str) -> str | None:
     if keys[0] not in SEARCHABLE_SECTIONS:
         return f"expected a field under {' or '.join(SEARCHABLE_SECTIONS)}: only those vary between trials"
     model: type[BaseModel] | None = Job
+    annotation: Any = Job
     for i, key in enumerate(keys):
         if model is None:
             return None  # inside a free-form mapping: any key is allowed
         fields = model.model_fields
         if key not in fields:
             return _unknown_key_message(key, list(fields), ".".join(keys[:i]) or "the job")
-        model = _as_model(fields[key].annotation)
-    if model is not None:
+        annotation = fields[key].annotation
+        # A section, or a choice of a value and a section (model.freeze: all | {top_trainable: K}).
+        model = next((m for m in map(_as_model, (annotation, *get_args(annotation))) if m is not None), None)
+        if model is None and i < len(keys) - 1 and get_origin(annotation) is not dict:
+            return f"expected a field; {'.'.join(keys[:i + 1])} holds a value, not fields of its own"
+    if _as_model(annotation) is not None:
         return "expected a single field, not a whole section; name a field inside it"
     return None
 
