@@ -405,3 +405,18 @@ def test_every_shipped_job_still_reads(tmp_path):
     for path in sorted(JOBS.glob("*.yaml")):
         assert load_job(path).name
     assert os.path.getsize(JOBS / "digits.yaml") < MAX_BYTES
+
+
+def test_names_a_job_gives_resolve_through_the_runners_tables_never_an_import(tmp_path):
+    """Dotted import paths where a job names a Keras object: each refused by validate, naming the
+    field; nothing is imported."""
+    before = set(sys.modules)
+    job = write_job(tmp_path, dump({
+        "name": "x",
+        "model": {"base": "keras:os.system", "head": {"activation": "subprocess.call"}},
+        "train": {"optimizer": "keras.src.optimizers.adam.Adam", "loss": "os.system", "metrics": ["builtins.eval"]},
+    }))
+    message = refused(job)
+    for name in ("model.base", "model.head.activation", "train.optimizer", "train.loss", "train.metrics"):
+        assert f"  - {name}: got" in message, (name, message)
+    assert not {"subprocess", "keras"} & (set(sys.modules) - before)

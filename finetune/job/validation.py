@@ -109,6 +109,7 @@ def _space_problems(raw: dict) -> list[Problem]:
     if not isinstance(space, dict):
         return []
     problems = []
+    fixed = set_path(raw, "search.space", {})  # copied once: each value's candidate copies only this
     for dotted, spec in space.items():
         where = f"search.space.{dotted}"
         if not isinstance(dotted, str):
@@ -127,8 +128,7 @@ def _space_problems(raw: dict) -> list[Problem]:
             problems.append(Problem(where, dotted, field_problem))
             continue
         for value in domain.values_to_check():
-            candidate = set_path(raw, dotted, value)
-            candidate.get("search", {}).pop("space", None)
+            candidate = set_path(fixed, dotted, value)
             try:
                 Job.model_validate(candidate)
             except ValidationError as error:
