@@ -23,7 +23,7 @@ from yaml.resolver import Resolver
 
 # A job file is a few hundred bytes and a few dozen values; these leave room for long grids.
 MAX_BYTES = 256 * 1024
-MAX_VALUES = 10_000  # scalars, lists and mappings, once every alias is expanded
+MAX_VALUES = 5_000  # scalars, lists and mappings, once every alias is expanded
 MAX_DEPTH = 32  # lists and mappings inside each other
 
 _BOMS = {b"\xff\xfe\x00\x00": "UTF-32", b"\x00\x00\xfe\xff": "UTF-32", b"\xff\xfe": "UTF-16", b"\xfe\xff": "UTF-16"}

@@ -287,8 +287,10 @@ class TrainSpec(_Strict):
         for name in names:
             if name not in keras_names.METRICS:
                 raise ValueError(keras_names.unknown_name_message("metric", name, keras_names.METRICS))
-        if len(set(names)) != len(names):
-            raise ValueError("expected each metric once")
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"expected each metric once; {', '.join(repeated)} is listed more than once: "
+                             "remove the repeat")
         return names
 
 
