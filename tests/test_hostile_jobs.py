@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from finetune.cli import main
-from finetune.job import Job, load_job
+from finetune.job import Job, load_job, set_path
 from finetune.job.safe_yaml import MAX_BYTES, MAX_DEPTH, MAX_VALUES
 
 EXAMPLES = 1000
@@ -62,20 +62,6 @@ valid_job = st.fixed_dictionaries({"name": names}, optional={
         "space": st.just({"train.learning_rate": {"loguniform": [1e-4, 1e-1]}}),
     }),
 })
-
-
-def put(job: dict, dotted: str, value) -> dict:
-    """`job` with `dotted` set to `value` (search.space keys are dotted themselves)."""
-    keys = dotted.split(".")
-    if keys[:2] == ["search", "space"] and len(keys) > 2:
-        keys = ["search", "space", ".".join(keys[2:])]
-    node = job
-    for key in keys[:-1]:
-        if not isinstance(node.get(key), dict):
-            node[key] = {}
-        node = node[key]
-    node[keys[-1]] = value
-    return job
 
 
 def dump(job) -> str:
@@ -146,28 +132,28 @@ def defect(draw, job: dict) -> tuple[str, object]:
         "space_on_missing_field", "hostile_name", "non_mapping", "deep_nesting", "wrong_alias",
     ]))
     if kind == "wrong_type":
-        put(job, draw(st.sampled_from(SCALAR_FIELDS)), draw(not_a_scalar))
+        job = set_path(job, draw(st.sampled_from(SCALAR_FIELDS)), draw(not_a_scalar))
     elif kind == "missing_name":
         job.pop("name", None)
     elif kind == "unknown_key":
         section = draw(st.sampled_from(["", "train", "model", "search", "resources", "dataset", "model.head"]))
         key = draw(st.text(min_size=1, max_size=15).filter(lambda k: k not in FIELD_NAMES and "." not in k))
-        put(job, f"{section}.{key}" if section else key, draw(st.integers() | st.text(max_size=5)))
+        job = set_path(job, f"{section}.{key}" if section else key, draw(st.integers() | st.text(max_size=5)))
     elif kind == "out_of_range":
         dotted, value = draw(OUT_OF_RANGE)
-        put(job, dotted, value)
+        job = set_path(job, dotted, value)
     elif kind == "bad_domain":
-        put(job, f"search.space.{draw(st.sampled_from(['train.learning_rate', 'model.head.dropout']))}", draw(bad_domain))
+        job = set_path(job, f"search.space.{draw(st.sampled_from(['train.learning_rate', 'model.head.dropout']))}", draw(bad_domain))
     elif kind == "huge_number":
         digits = draw(st.integers(19, 400))
         number = ("1" + "0" * digits) if digits < 308 or draw(st.booleans()) else "1.0e400"
-        return kind, dump(put(job, draw(st.sampled_from(["seed", "train.epochs", "train.learning_rate",
+        return kind, dump(set_path(job, draw(st.sampled_from(["seed", "train.epochs", "train.learning_rate",
                                                         "model.head.units"])), "HUGE")).replace("HUGE", number)
     elif kind == "non_finite":
         place = draw(st.sampled_from(["train.learning_rate", "model.head.dropout", "train.optimizer_args.momentum",
                                       "search.space.train.learning_rate", "train.weight_decay"]))
         value = draw(st.sampled_from([float("nan"), float("inf"), float("-inf")]))
-        put(job, place, {"choice": [value]} if place.startswith("search.space") else value)
+        job = set_path(job, place, {"choice": [value]} if place.startswith("search.space") else value)
     elif kind == "space_on_missing_field":
         space_key = draw(st.sampled_from(MISSING_FIELDS) | st.integers(0, 9))
         job.setdefault("search", {}).setdefault("space", {})
@@ -185,7 +171,7 @@ def defect(draw, job: dict) -> tuple[str, object]:
             nested = "[" * depth + "1" + "]" * depth
         else:
             nested = "".join(f"\n{'  ' * (i + 1)}k{i}:" for i in range(depth)) + " 1"
-        return kind, dump(put(job, draw(st.sampled_from(["train.epochs", "model.head.units.0", "seed"])), "DEEP")
+        return kind, dump(set_path(job, draw(st.sampled_from(["train.epochs", "model.head.units.0", "seed"])), "DEEP")
                           ).replace("DEEP", nested if flow else nested.replace("\n", "\n" + " " * 4))
     elif kind == "wrong_alias":
         return kind, draw(alias_text(job))
@@ -209,7 +195,7 @@ def alias_text(draw, job: dict) -> str:
         return text + "loop: &loop [1, *loop]\n"
     if form == "undefined":
         return text + "train_copy: *nothing\n"
-    return "units: &units [1, 2, 3]\n" + dump(put(job, "train.epochs", "ALIAS")).replace("'ALIAS'", "*units")
+    return "units: &units [1, 2, 3]\n" + dump(set_path(job, "train.epochs", "ALIAS")).replace("'ALIAS'", "*units")
 
 
 @st.composite

@@ -123,16 +123,7 @@ class _LimitedComposer(Composer):
         return node
 
     def compose_sequence_node(self, anchor):
-        start = self.values
-        self._count(1, self.peek_event())
-        event = self.get_event()
-        tag = event.tag
-        if tag is None or tag == "!":
-            tag = self.resolve(SequenceNode, None, event.implicit)
-        node = SequenceNode(tag, [], event.start_mark, None, flow_style=event.flow_style)
-        node.expanded = None
-        if anchor is not None:
-            self.anchors[anchor] = node
+        node, start = self._open_collection(SequenceNode, anchor)
         index = 0
         while not self.check_event(SequenceEndEvent):
             node.value.append(self.compose_node(node, index))
@@ -142,16 +133,7 @@ class _LimitedComposer(Composer):
         return node
 
     def compose_mapping_node(self, anchor):
-        start = self.values
-        self._count(1, self.peek_event())
-        event = self.get_event()
-        tag = event.tag
-        if tag is None or tag == "!":
-            tag = self.resolve(MappingNode, None, event.implicit)
-        node = MappingNode(tag, [], event.start_mark, None, flow_style=event.flow_style)
-        node.expanded = None
-        if anchor is not None:
-            self.anchors[anchor] = node
+        node, start = self._open_collection(MappingNode, anchor)
         keys = set()
         while not self.check_event(MappingEndEvent):
             key = self.compose_node(node, None)
@@ -164,6 +146,21 @@ class _LimitedComposer(Composer):
         node.end_mark = self.get_event().end_mark
         node.expanded = self.values - start
         return node
+
+    def _open_collection(self, node_class, anchor):
+        """A list's or mapping's node from its start event, counted, its size unknown until it ends
+        (an alias to it from inside is refused); and the count before it."""
+        start = self.values
+        self._count(1, self.peek_event())
+        event = self.get_event()
+        tag = event.tag
+        if tag is None or tag == "!":
+            tag = self.resolve(node_class, None, event.implicit)
+        node = node_class(tag, [], event.start_mark, None, flow_style=event.flow_style)
+        node.expanded = None
+        if anchor is not None:
+            self.anchors[anchor] = node
+        return node, start
 
     def _count(self, values: int, where) -> None:
         self.values += values
