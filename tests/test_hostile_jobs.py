@@ -400,7 +400,7 @@ def test_names_a_job_gives_resolve_through_the_runners_tables_never_an_import(tm
     job = write_job(tmp_path, dump({
         "name": "x",
         "model": {"base": "keras:os.system", "head": {"activation": "subprocess.call"}},
-        "train": {"optimizer": "keras.src.optimizers.adam.Adam", "loss": "os.system", "metrics": ["builtins.eval"]},
+        "train": {"optimizer": "keras.optimizers.Adam", "loss": "os.system", "metrics": ["builtins.eval"]},
     }))
     message = refused(job)
     for name in ("model.base", "model.head.activation", "train.optimizer", "train.loss", "train.metrics"):
