@@ -22,14 +22,14 @@ from finetune.errors import StorageError
 
 
 def can_mount() -> bool:
-    if not shutil.which("unshare") or os.geteuid() != 0:
+    if not (shutil.which("unshare") and shutil.which("nsenter")) or os.geteuid() != 0:
         return False
     probe = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
                             "mount -t tmpfs -o size=1m tmpfs /mnt"], capture_output=True)
     return probe.returncode == 0
 
 
-needs_mount = pytest.mark.skipif(not can_mount(), reason="needs root and unshare --mount for a private tmpfs")
+needs_mount = pytest.mark.skipif(not can_mount(), reason="needs root, unshare --mount and nsenter for a private tmpfs")
 
 
 def in_tmpfs(folder: Path, options: str, code: str, before: str = "") -> subprocess.CompletedProcess:
