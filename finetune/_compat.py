@@ -42,6 +42,10 @@ DRIVER_ENVIRONMENT = {
     # Ctrl-C and SIGTERM stop a run through finetune.stopping, the same way for both; Tune's own
     # SIGINT handler would take SIGINT alone (ray/tune/tune.py, _setup_signal_catching).
     "TUNE_DISABLE_SIGINT_HANDLER": "1",
+    # A trial's error is kept in its error.txt and reported by the runner; the futures Tune drops
+    # when a run stops half-way would print that traceback again at exit, as "Unhandled error"
+    # (ray/_private/worker.py, raise_errors, reads it each time).
+    "RAY_IGNORE_UNHANDLED_ERRORS": "1",
 }
 
 # Every Ray worker process of the run (trials, Train controllers and workers, data tasks), through
