@@ -39,6 +39,13 @@ DRIVER_ENVIRONMENT = {
     # config as a reported value). Trials that train report the metric every epoch: the job
     # validates that it is one they report.
     "TUNE_DISABLE_STRICT_METRIC_CHECKING": "1",
+    # Ctrl-C and SIGTERM stop a run through finetune.stopping, the same way for both; Tune's own
+    # SIGINT handler would take SIGINT alone (ray/tune/tune.py, _setup_signal_catching).
+    "TUNE_DISABLE_SIGINT_HANDLER": "1",
+    # A trial's error is kept in its error.txt and reported by the runner; the futures Tune drops
+    # when a run stops half-way would print that traceback again at exit, as "Unhandled error"
+    # (ray/_private/worker.py, raise_errors, reads it each time).
+    "RAY_IGNORE_UNHANDLED_ERRORS": "1",
 }
 
 # Every Ray worker process of the run (trials, Train controllers and workers, data tasks), through
@@ -103,6 +110,32 @@ def driver_staging_path(trial) -> str:
     """The driver's local folder where Tune writes its experiment snapshot before copying it to
     storage (ray/tune/experiment/trial.py, `trial.storage`, a StorageContext)."""
     return trial.storage.experiment_driver_staging_path
+
+
+def end_tune_run_gracefully() -> None:
+    """Ask the running `Tuner.fit()` to end as it does on Ctrl-C: stop the trials, save the
+    experiment state with the unfinished trials unfinished (so a restore resumes them), and return
+    its results. Tune's run loop installs one handler for SIGINT and SIGUSR1 that sets its
+    "interrupted" event, and installs it for SIGUSR1 even when TUNE_DISABLE_SIGINT_HANDLER is set
+    (ray/tune/tune.py, _setup_signal_catching); it is called here directly, in the main thread,
+    from a Tune callback (so the loop has installed it), rather than by raising the signal."""
+    import signal
+
+    handler = signal.getsignal(signal.SIGUSR1)
+    if callable(handler):
+        handler(signal.SIGUSR1, None)
+
+
+def trial_statuses_in_snapshot(snapshot_text: bytes) -> dict[str, str]:
+    """trial id -> status (PENDING, RUNNING, PAUSED, TERMINATED, ERROR) as an
+    `experiment_state-*.json` records it: each trial's state is a JSON document of the trial's
+    attributes (ray/tune/experiment/trial.py, `get_json_state`, `__getstate__`)."""
+    snapshot = json.loads(snapshot_text)
+    statuses = {}
+    for trial in snapshot.get("trial_data", []):
+        state = json.loads(trial[0])
+        statuses[state["trial_id"]] = state["status"]
+    return statuses
 
 
 def checkpoints_named_in_snapshot(snapshot_text: bytes) -> set[tuple[bytes, bytes]]:

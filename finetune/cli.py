@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 
-from finetune.errors import RunFailedError, UserError
+from finetune.errors import Interrupted, RunFailedError, StopNow, StorageError, UserError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -203,9 +204,16 @@ def main(argv: list[str] | None = None) -> int:
 
         run_job(job, address=args.address, verbose=args.verbose, resume=args.resume, progress=progress_mode(args))
         return 0
-    except (UserError, RunFailedError) as error:
+    except (UserError, RunFailedError, StorageError) as error:
         print(f"error: {error}", file=sys.stderr)
         return error.exit_code
+    except (Interrupted, StopNow) as error:
+        # Stopped on a signal: what was kept and how to resume. A further signal while Ray shuts
+        # down ends the process at once.
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        print(str(error) if isinstance(error, Interrupted) else "stopped at once", file=sys.stderr, flush=True)
+        return 128 + error.signum
 
 
 def browse(args: argparse.Namespace) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import reprlib
 from dataclasses import dataclass
 
 USER_ERROR_EXIT_CODE = 2
@@ -47,6 +48,10 @@ class DataError(UserError):
     """Data that cannot be used as given (missing file, bad column, empty split...)."""
 
 
+class DataChanged(DataError):
+    """A file of a streaming run that disappeared or changed while the run read it."""
+
+
 class RunFailedError(Exception):
     """A run that did not produce what it promises: every trial failed, so there is no model. Its
     summary is written; the message gives each distinct reason once. Exit code 2 when every
@@ -60,6 +65,39 @@ class RunFailedError(Exception):
         return (type(self), (str(self), self.exit_code))
 
 
+class StorageError(Exception):
+    """Storage that refused a write while a run was under way (a full disk, a read-only mount): the
+    message names the location and what was kept; the run can be resumed once the storage takes
+    writes again. Exit code 1: the job is sound. (Before a run starts, an unusable storage_path is
+    a UserError naming the field.)"""
+
+    exit_code = 1
+
+
+class StopNow(BaseException):
+    """Raised in the driver's main thread by a second signal, or by one outside the search: stop
+    at once. A BaseException, like KeyboardInterrupt, so that Tune's `except Exception` clean-up
+    does not hold it up."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+class Interrupted(Exception):
+    """A run that stopped on a signal (finetune.stopping). Its message says what was kept and how
+    to resume; exit code 128 + the signal's number (130 for SIGINT, 143 for SIGTERM), as a shell
+    reports it."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
+        self.exit_code = 128 + signum
+
+    def __reduce__(self):
+        return (type(self), (str(self), self.signum))
+
+
 def innermost_cause(error: BaseException) -> BaseException:
     """The exception inside Ray's wrappers: a task's or actor's error (`RayTaskError.cause`), or
     Tune's and Train's errors around it, followed to the end."""
@@ -70,7 +108,15 @@ def innermost_cause(error: BaseException) -> BaseException:
 
 def _short(value: object, limit: int = 80) -> str:
     """A value as the message shows it: whole for strings up to a long path's length, cut short
-    otherwise (a value may be a whole section, or megabytes from a hostile file)."""
-    text = repr(value)
-    limit = 400 if isinstance(value, str) else limit
+    otherwise (a value may be a whole section, or a hostile file's deep or repeated structure,
+    which `reprlib` cuts while it writes instead of after)."""
+    if isinstance(value, str):
+        text, limit = repr(value), 400
+    else:
+        text = _REPR.repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxtuple, _REPR.maxdict, _REPR.maxset = 3, 8, 8, 8, 8
+_REPR.maxstring, _REPR.maxlong, _REPR.maxother = 60, 40, 60

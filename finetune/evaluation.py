@@ -38,7 +38,9 @@ def preflight(job: Job, data: LoadedData) -> None:
         raise UserError(
             f"model and data do not fit together ({job.model.base} on data of shape "
             f"{data.input_shape} with {data.num_classes} classes, loss {job.train.loss}): "
-            f"{str(error).splitlines()[0]}"
+            f"{str(error).splitlines()[0]}. Check that the base takes inputs of this shape (dataset.image_size, "
+            "dataset.channels, dataset.features), that train.loss fits the labels (sparse_categorical_crossentropy "
+            "for class indices), and that model.task matches the label (classification or regression)."
         ) from None
 
 

@@ -315,7 +315,14 @@ def load_model_file(location: str, field: str) -> keras.Model:
 
 def _load_keras(local: str, location: str, field: str) -> keras.Model:
     try:
+        foreign = foreign_modules(local)
+        if foreign:
+            raise UserError(f"{field}: {location} names code outside Keras ({', '.join(foreign)}), which this "
+                            "runner never imports. Expected a model made of Keras' own layers, saved with "
+                            "model.save('model.keras').")
         return keras.models.load_model(local, compile=False, safe_mode=True)
+    except UserError:
+        raise
     except ValueError as error:
         text = str(error)
         if "safe_mode" in text or "unsafe" in text.lower() or "Lambda" in text:
@@ -325,6 +332,30 @@ def _load_keras(local: str, location: str, field: str) -> keras.Model:
     except Exception as error:  # zipfile.BadZipFile, KeyError, OSError for a file that is not a .keras archive
         raise UserError(f"{field}: {location} is not a Keras 3 model file (.keras): "
                         f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}") from None
+
+
+def foreign_modules(path: str) -> list[str]:
+    """The Python modules outside Keras that a `.keras` file's config names for its layers,
+    functions or objects. Keras' safe_mode refuses lambdas and, since 3.9, modules outside Keras,
+    but it has been bypassed before (CVE-2025-1550, CVE-2025-9906): the file is checked here,
+    without Keras, before it is loaded."""
+    import json
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        config = json.loads(archive.read("config.json"))
+    found: set[str] = set()
+    pending = [config]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, dict):
+            module = node.get("module")
+            if isinstance(module, str) and module != "keras" and not module.startswith("keras."):
+                found.add(module)
+            pending.extend(node.values())
+        elif isinstance(node, list):
+            pending.extend(node)
+    return sorted(found)
 
 
 # --- head and freezing ---------------------------------------------------------------------------

@@ -26,6 +26,7 @@ import re
 from ray.tune import Callback
 
 from finetune import _compat, storage
+from finetune.errors import StorageError
 
 KEPT_FOLDER = "snapshot"  # inside the run's Tune folder
 _SNAPSHOT_FILE = re.compile(r"(experiment_state|.+-state)-.+\.json$")  # experiment_state-<t>.json, basic-variant-state-<t>.json
@@ -54,7 +55,12 @@ class SnapshotKeeper(Callback):
             if self.seen.get(name) == changed:
                 continue
             with open(path, "rb") as snapshot:
-                storage.write_bytes(storage.join(self.kept_dir, name), snapshot.read())
+                try:
+                    storage.write_bytes(storage.join(self.kept_dir, name), snapshot.read())
+                except StorageError:
+                    # Full or read-only storage: the copy kept before stays whole, and the trials'
+                    # next checkpoints, refused too, stop the run (finetune.stopping).
+                    continue
             self.seen[name] = changed
 
 
@@ -88,12 +94,28 @@ def _restore_missing_checkpoints(tune_dir: str) -> list[str]:
     for trial_dir, checkpoint in sorted(referenced):
         trial_location = storage.join(tune_dir, trial_dir.decode())
         existing = [n for n in storage.list_dirs(trial_location) if n.startswith("checkpoint_")]
-        if not existing or checkpoint.decode() in existing:
+        whole = [n for n in existing if _whole_checkpoint(storage.join(trial_location, n))]
+        if not whole or checkpoint.decode() in existing:
             continue
         missing = storage.join(trial_location, checkpoint.decode())
-        storage.copy_tree(storage.join(trial_location, max(existing)), missing)
+        storage.copy_tree(storage.join(trial_location, max(whole)), missing)
         restored.append(missing)
     return restored
+
+
+def _whole_checkpoint(location: str) -> bool:
+    """Whether a trial's checkpoint folder holds its state and a model archive that is not cut
+    short: a full disk can leave a folder half-copied, which Tune never registered."""
+    import io
+    import zipfile
+
+    from finetune.train_loop import MODEL_FILE, STATE_FILE
+
+    try:
+        json.loads(storage.read_bytes(storage.join(location, STATE_FILE)))
+        return zipfile.is_zipfile(io.BytesIO(storage.read_bytes(storage.join(location, MODEL_FILE))))
+    except (OSError, ValueError):
+        return False
 
 
 def _snapshot_files(location: str) -> list[str]:

@@ -11,14 +11,15 @@ import secrets
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
 
 from finetune import reports, storage, tracking
 from finetune.data import LoadedData, check_fits_workers, load_data
-from finetune.errors import RunFailedError, UserError
+from finetune.errors import RunFailedError, StorageError, UserError
 from finetune.failures import USER_ERROR, trial_failures
 from finetune.job import Job, to_yaml
 from finetune.ray_logs import RUN_LOG
-from finetune.registry.runs import SUMMARY_FILE
+from finetune.registry.runs import SUMMARY_FILE, run_status
 from finetune.run_folders import write_driver_marker
 from finetune.resources import plan_concurrency
 from finetune.search_space import count_trials
@@ -28,6 +29,7 @@ from finetune.tuner import TUNE_FOLDER, create_tuner, restore_tuner
 METRICS_FILE = "metrics.parquet"
 MODEL_FILE = "model.keras"
 EVALUATION_FILE = "evaluation.json"  # the best model's confusion matrix or residuals on the test split
+INTERRUPTED = "interrupted"  # the status of a run stopped half-way (finetune.stopping)
 
 
 def run_job(job: Job, address: str | None = None, verbose: bool = False, out=None,
@@ -64,24 +66,24 @@ def resume_run(run_dir: str, address: str | None = None, verbose: bool = False, 
                callbacks: tuple = (), progress: str = "plain") -> dict:
     """Continue a run whose driver stopped (killed, lost its node): finished trials are kept,
     trials in flight restart from their last checkpoints, the rest start."""
-    import yaml
-
     from finetune.job import validate_job_dict
+    from finetune.job.safe_yaml import decode_utf8, load_yaml
 
     run_dir = storage.absolute(run_dir)
     job_file = storage.join(run_dir, "job.yaml")
     if not storage.exists(storage.join(run_dir, TUNE_FOLDER)) or not storage.exists(job_file):
         raise UserError(f"resume: {run_dir} is not a run folder (expected job.yaml and {TUNE_FOLDER}/ in it).")
-    if storage.exists(storage.join(run_dir, SUMMARY_FILE)):
-        raise UserError(f"resume: run {run_dir} already finished (it has {SUMMARY_FILE}); nothing to resume.")
-    job = validate_job_dict(yaml.safe_load(storage.read_bytes(job_file)), source=job_file)
+    status = run_status(run_dir)
+    if status in ("finished", "failed"):
+        raise UserError(f"resume: run {run_dir} already ended (its {SUMMARY_FILE} says {status}); nothing to resume.")
+    job = validate_job_dict(load_yaml(decode_utf8(storage.read_bytes(job_file))), source=job_file)
     return _run(job, run_dir, address, verbose, out or sys.stdout, callbacks, progress)
 
 
 def unfinished_run(job: Job) -> str:
     """The newest run folder of this job without a summary, started from the same job."""
     root = storage.join(storage.absolute(job.storage_path), job.name)
-    runs = [r for r in storage.list_dirs(root) if not storage.exists(storage.join(root, r, SUMMARY_FILE))
+    runs = [r for r in storage.list_dirs(root) if run_status(storage.join(root, r)) in (None, INTERRUPTED)
             and storage.exists(storage.join(root, r, TUNE_FOLDER))]
     if not runs:
         raise UserError(f"--resume: no unfinished run of {job.name!r} under {root}. Run without --resume to start one.")
@@ -95,14 +97,38 @@ def unfinished_run(job: Job) -> str:
 
 def _run(job: Job, run_dir: str | None, address, verbose: bool, out, callbacks, progress: str = "plain",
          night=None) -> dict:
-    started = time.time()
+    from finetune.errors import StopNow
+    from finetune.stopping import RunStopper
 
+    started = time.time()
+    resuming = run_dir is not None
+    made: list[str] = []  # the run folder, once this process has made it
+    with RunStopper() as stopper:
+        try:
+            return _run_steps(job, run_dir, address, verbose, out, callbacks, progress, night, started, stopper, made)
+        except StopNow as stop:
+            raise _stopped_at_once(job, run_dir or next(iter(made), None), resuming, stop.signum) from None
+        except _StoppedByStorage:
+            raise
+        except StorageError as error:  # one of the runner's own writes
+            where = run_dir or next(iter(made), None)
+            if where is not None and tune_statuses(where):
+                raise _StoppedByStorage(where, str(error)) from None
+            for folder in made:  # before the search: nothing worth keeping
+                with suppress(OSError, StorageError):
+                    storage.remove_tree(folder)
+            raise
+
+
+def _run_steps(job: Job, run_dir: str | None, address, verbose: bool, out, callbacks, progress: str, night,
+               started: float, stopper, made: list[str]) -> dict:
     # 1. Everything that can be wrong with the input, before anything is written.
     from finetune import ray_cluster
     from finetune.job import check_inputs_exist, local_inputs
 
     check_inputs_exist(job, f"job {job.name!r}")
     tracking.check_available(job, f"job {job.name!r}")
+    storage.check_writable(run_dir or storage.join(storage.absolute(job.storage_path), job.name))
 
     # Ray starts first: file sources are read by Ray Data, and TensorFlow work runs in Ray workers,
     # so this driver never imports TensorFlow (it stays light on a cluster's head node).
@@ -111,6 +137,7 @@ def _run(job: Job, run_dir: str | None, address, verbose: bool, out, callbacks, 
         # Ray starts its processes.
         loading = ThreadPoolExecutor(1).submit(load_data, job.dataset, job.seed, job.model.task)
     capacity = ray_cluster.connect(address, verbose=verbose, dashboard=job.executor == "ray_train")
+    stopper.install()  # ray.init put its own SIGTERM handler in place of ours
     ray_cluster.check_reachable(storage.join(storage.absolute(job.storage_path), job.name), local_inputs(job),
                                 capacity)
     if job.registers:
@@ -155,6 +182,7 @@ def _run(job: Job, run_dir: str | None, address, verbose: bool, out, callbacks, 
             return {"name": job.name, "status": "skipped", "reason": reason, "night": night.as_dict(job.name)}
     if not resuming:
         run_dir = run_dir or new_run_dir(job)
+        made.append(run_dir)
         storage.write_bytes(storage.join(run_dir, "job.yaml"), to_yaml(job).encode())
         storage.write_json(storage.join(run_dir, "classes.json"), data.classes)
     write_driver_marker(run_dir)  # this driver's host and pid: `finetune runs` tells running from interrupted
@@ -169,20 +197,33 @@ def _run(job: Job, run_dir: str | None, address, verbose: bool, out, callbacks, 
             file=out, flush=True,
         )
 
-    # 3. The search.
+    # 3. The search. A signal or a refused write stops it with every trial's last checkpoint kept.
     views = progress_views(job, progress, num_trials, concurrency, run_dir, out)
     trackers = tracking.trial_trackers(job, run_dir)
+    watching = [*views, *trackers, stopper.callback(run_dir), *callbacks]
     try:
         if resuming:
-            tuner = restore_tuner(job, run_dir, handle, [*views, *trackers, *callbacks])
+            tuner = restore_tuner(job, run_dir, handle, watching)
         else:
-            tuner = create_tuner(job, run_dir, handle, concurrency, [*views, *trackers, *callbacks])
-        results = list(tuner.fit())
+            tuner = create_tuner(job, run_dir, handle, concurrency, watching)
+        stopper.searching = True
+        try:
+            results = list(tuner.fit())
+        except Exception:
+            reason = stopper.storage_failure or storage.refuses_writes(run_dir)
+            if reason is None:
+                raise
+            # Tune fails on files that the full storage cut short (a trial's error file, read back
+            # into the results): nothing more can be written, and the run resumes from Tune's state.
+            raise _StoppedByStorage(run_dir, reason) from None
+        stopper.searching = False
     finally:
         for view in views:  # a live view gives the terminal back, however the search ended
             getattr(view, "close", lambda: None)()
 
     # 4. What came of it.
+    if stopper.stopping:
+        raise finish_stopped(job, run_dir, results, data, started, out, capacity, stopper)
     return finish_run(job, run_dir, results, data, started, out, capacity, quiet=progress == "quiet",
                       trackers=trackers, holdout=holdout, night=night.as_dict(job.name) if night else None)
 
@@ -198,11 +239,14 @@ def progress_views(job: Job, progress: str, num_trials: int, concurrency: int, r
     return [reports.make_progress_printer(job, num_trials, run_dir, out)]
 
 
-def new_run_dir(job: Job, run_id: str | None = None) -> str:
-    run_id = run_id or time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
-    run_dir = storage.join(storage.absolute(job.storage_path), job.name, run_id)
-    storage.make_dirs(run_dir)
-    return run_dir
+def new_run_dir(job: Job) -> str:
+    """A run folder of its own, `<start time>-<4 hex digits>`, even for runs of the same job
+    started in the same second: the folder is created exclusively, with a new suffix if taken."""
+    root = storage.join(storage.absolute(job.storage_path), job.name)
+    while True:
+        run_dir = storage.join(root, time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2))
+        if storage.make_new_dir(run_dir):
+            return run_dir
 
 
 def finish_run(job: Job, run_dir: str, results: list, data: LoadedData, started: float, out, capacity,
@@ -210,34 +254,8 @@ def finish_run(job: Job, run_dir: str, results: list, data: LoadedData, started:
     outcomes = reports.trial_outcomes(results, job, trial_failures(run_dir))
     rows = reports.metrics_rows(results, list(job.search.space))
     reports.write_parquet(reports.metrics_table(rows), storage.join(run_dir, METRICS_FILE))
-
-    summary: dict = {
-        "name": job.name,
-        "run_dir": run_dir,
-        "status": "finished",
-        "metric": job.search.metric,
-        "mode": job.search.mode,
-        "num_trials": len(outcomes),
-        "num_completed": sum(o.status == "completed" for o in outcomes),
-        "num_stopped_early": sum(o.status == "stopped_early" for o in outcomes),
-        "num_failed": sum(o.status == "failed" for o in outcomes),
-        "best_trial_id": None,
-        "best_epoch": None,
-        "best_config": None,
-        "best_metrics": None,
-        "test_metrics": None,
-        "model_path": None,
-        "classes": data.classes,
-        "data_fingerprint": data.fingerprint,
-        "metrics_path": storage.join(run_dir, METRICS_FILE),
-        "trials": [vars(o) for o in outcomes],
-        "wall_seconds": round(time.time() - started, 1),
-        "cluster": {"nodes": capacity.nodes, "cpus": capacity.cpus, "gpus": capacity.gpus,
-                    "started_here": capacity.started_here},
-        "versions": _versions(),
-        "night": night,
-        "promotion": None,
-    }
+    summary = _summary(job, run_dir, outcomes, data, started, capacity)
+    summary.update(night=night, promotion=None)
     candidates = [o for o in outcomes if o.status != "failed" and o.best_metric is not None]
     if candidates:
         pick = max if job.search.mode == "max" else min
@@ -298,6 +316,117 @@ def finish_run(job: Job, run_dir: str, results: list, data: LoadedData, started:
     if not candidates:
         raise _no_model_error(run_dir, job, failed, reasons)
     return summary
+
+
+def finish_stopped(job: Job, run_dir: str, results: list, data: LoadedData, started: float, out, capacity,
+                   stopper) -> Exception:
+    """A search stopped half-way (finetune.stopping): write the partial metrics table and a summary
+    whose status is `interrupted`, print what was kept, and return the error to exit with."""
+    from finetune.errors import Interrupted
+    from finetune.stopping import signal_name
+
+    outcomes = reports.trial_outcomes(results, job, trial_failures(run_dir))
+    unfinished = {trial_id for trial_id, status in tune_statuses(run_dir).items() if status not in ("TERMINATED", "ERROR")}
+    for outcome in outcomes:
+        if outcome.trial_id in unfinished:
+            outcome.status = INTERRUPTED
+    summary = _summary(job, run_dir, outcomes, data, started, capacity)
+    why = f"storage refused a write: {stopper.storage_failure}" if stopper.storage_failure else signal_name(stopper.signum)
+    summary.update(status=INTERRUPTED, stopped_by=why, num_planned=count_trials(job.search),
+                   num_interrupted=sum(o.status == INTERRUPTED for o in outcomes))
+    try:
+        rows = reports.metrics_rows(results, list(job.search.space))
+        reports.write_parquet(reports.metrics_table(rows), storage.join(run_dir, METRICS_FILE))
+        storage.write_json(storage.join(run_dir, SUMMARY_FILE), summary)
+    except StorageError:
+        if not stopper.storage_failure:
+            raise
+    print("", file=out)
+    reports.print_final_table(outcomes, job, out)
+    ended = summary["num_completed"] + summary["num_stopped_early"] + summary["num_failed"]
+    kept = (f"{ended} of {summary['num_planned']} trials had ended; {summary['num_interrupted']} stopped "
+            "half-way and keep their last checkpoints")
+    if stopper.storage_failure:
+        return _StoppedByStorage(run_dir, stopper.storage_failure, kept)
+    return Interrupted(f"{why}: run {run_dir} stopped; {kept}.\nsummary: {storage.join(run_dir, SUMMARY_FILE)} "
+                       f"(status: {INTERRUPTED})\n{_resume_hint(run_dir)}", stopper.signum)
+
+
+def _stopped_at_once(job: Job, run_dir: str | None, resuming: bool, signum: int) -> Exception:
+    """A second signal, or one outside the search: what Tune last saved stays to resume from. A run
+    folder this process made before the search started holds nothing worth keeping and goes."""
+    from finetune.errors import Interrupted
+    from finetune.stopping import signal_name
+
+    name = signal_name(signum)
+    if run_dir is None or not tune_statuses(run_dir):  # no experiment state saved yet: nothing to resume
+        if run_dir is not None and not resuming:
+            storage.remove_tree(run_dir)
+        return Interrupted(f"{name}: stopped before the search started; nothing was kept.", signum)
+    if run_status(run_dir) is None:
+        with suppress(StorageError):
+            storage.write_json(storage.join(run_dir, SUMMARY_FILE), {
+                "name": job.name, "run_dir": run_dir, "status": INTERRUPTED, "stopped_by": f"{name}, at once",
+                "metric": job.search.metric, "mode": job.search.mode, "num_planned": count_trials(job.search)})
+    return Interrupted(f"{name}: run {run_dir} stopped at once; its trials keep the checkpoints Tune last saved.\n"
+                       f"{_resume_hint(run_dir)}", signum)
+
+
+class _StoppedByStorage(StorageError):
+    """A run that storage stopped half-way, resumable once the storage takes writes again."""
+
+    def __init__(self, run_dir: str, reason: str, kept: str = ""):
+        hint = _resume_hint(run_dir, "once the storage takes writes again (free space, or fix the mount)")
+        super().__init__(f"run {run_dir} stopped: storage refused a write under it ({reason}). "
+                         f"{kept + '. ' if kept else ''}{hint}")
+
+
+def _resume_hint(run_dir: str, when: str = "") -> str:
+    return f"Resume it{' ' + when if when else ''} with: finetune resume {run_dir}"
+
+
+def tune_statuses(run_dir: str) -> dict[str, str]:
+    """trial id -> status in Tune's last saved experiment state (what a resume starts from); empty
+    when Tune has saved none yet."""
+    from finetune import _compat
+
+    tune_dir = storage.join(run_dir, TUNE_FOLDER)
+    snapshots = sorted(n for n in storage.list_files(tune_dir) if n.startswith("experiment_state-"))
+    for name in reversed(snapshots):
+        try:
+            return _compat.trial_statuses_in_snapshot(storage.read_bytes(storage.join(tune_dir, name)))
+        except (OSError, ValueError, KeyError):  # cut short by a full disk: the one before it
+            continue
+    return {}
+
+
+def _summary(job: Job, run_dir: str, outcomes: list, data: LoadedData, started: float, capacity) -> dict:
+    """What summary.json records of any run, before its best model is known."""
+    return {
+        "name": job.name,
+        "run_dir": run_dir,
+        "status": "finished",
+        "metric": job.search.metric,
+        "mode": job.search.mode,
+        "num_trials": len(outcomes),
+        "num_completed": sum(o.status == "completed" for o in outcomes),
+        "num_stopped_early": sum(o.status == "stopped_early" for o in outcomes),
+        "num_failed": sum(o.status == "failed" for o in outcomes),
+        "best_trial_id": None,
+        "best_epoch": None,
+        "best_config": None,
+        "best_metrics": None,
+        "test_metrics": None,
+        "model_path": None,
+        "classes": data.classes,
+        "data_fingerprint": data.fingerprint,
+        "metrics_path": storage.join(run_dir, METRICS_FILE),
+        "trials": [vars(o) for o in outcomes],
+        "wall_seconds": round(time.time() - started, 1),
+        "cluster": {"nodes": capacity.nodes, "cpus": capacity.cpus, "gpus": capacity.gpus,
+                    "started_here": capacity.started_here},
+        "versions": _versions(),
+    }
 
 
 def _no_model_error(run_dir: str, job: Job, failed: list, reasons: list[str]) -> RunFailedError:

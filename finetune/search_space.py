@@ -19,6 +19,7 @@ and absent (the field keeps its value) in the others:
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -184,8 +185,14 @@ class ConditionalSample:
             value = sampled[other] if other in sampled else _lookup(self.fixed, other)
             if value not in allowed:
                 return None
-        path_key = int.from_bytes(self.path.encode()[:8].ljust(8, b"_"), "little")
-        return self.domain.sample(np.random.default_rng([int(config["seed"]), path_key]))
+        return self.domain.sample(np.random.default_rng([int(config["seed"]), path_seed(self.path)]))
+
+
+def path_seed(path: str) -> int:
+    """A conditional entry's own part of its random stream's seed: a digest of its whole path, so
+    entries that share a prefix (train.optimizer_args.momentum, train.optimizer_args.beta_1) draw
+    independently."""
+    return int.from_bytes(hashlib.sha256(path.encode()).digest(), "little")
 
 
 def _lookup(data: dict, dotted: str) -> Any:

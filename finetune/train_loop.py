@@ -22,8 +22,8 @@ import numpy as np
 
 from finetune.data import LoadedData
 from finetune.data.feed import Batches, worker_batches
-from finetune.errors import UserError
-from finetune.failures import NON_FINITE, USER_ERROR, record_failure
+from finetune.errors import DataChanged, UserError
+from finetune.failures import NON_FINITE, USER_ERROR, read_failure, record_failure
 from finetune.job import Job
 from finetune.optimization import (
     create_loss,
@@ -96,8 +96,17 @@ def train_worker(config: dict) -> None:
     """Entry point for `TensorflowTrainer(train_loop_per_worker=train_worker)`. A user error (the
     same on every worker: a missing file, a layer the base lacks) is recorded and the run ends, so
     that Ray Train does not restart the workers to meet it again."""
+    if read_failure(config["trial_dir"]) is not None:
+        return  # an earlier attempt of this Train run failed for good: every worker ends here
+    session = RayTrainSession()
     try:
-        run_worker_loop(config, RayTrainSession())
+        run_worker_loop(config, session)
+    except DataChanged as error:
+        record_failure(config["trial_dir"], str(error), USER_ERROR)
+        if session.world_size > 1:
+            # The other workers may be waiting for this one inside a collective step: raising, not
+            # returning, makes Ray Train stop them all. Its restart then ends at the marker above.
+            raise RuntimeError(str(error)) from None
     except UserError as error:
         record_failure(config["trial_dir"], str(error), USER_ERROR)
 
@@ -277,6 +286,26 @@ class EpochTrainer:
     # -- one epoch --
 
     def train_epoch(self, epoch: int) -> dict:
+        """One epoch's training and validation, and its metrics. Streaming files that disappeared
+        or changed since the run started stop it with a DataChanged naming the file, checked by
+        rank 0 before the epoch and by every worker when the epoch fails."""
+        if self.rank == 0:
+            self._check_data_unchanged()
+        try:
+            return self._train_epoch(epoch)
+        except Exception:
+            self._check_data_unchanged()
+            raise
+
+    def _check_data_unchanged(self) -> None:
+        change = self.data.changed_source() if self.data.streaming else None
+        if change is not None:
+            raise DataChanged(
+                f"{change} while the run was reading it. A streaming run (dataset.in_memory: false) reads its files "
+                "again every epoch, so they must stay as they are until it ends: put the file back as it was, or "
+                "start a new run on the new data.")
+
+    def _train_epoch(self, epoch: int) -> dict:
         from finetune.models import parameter_counts
 
         tf = self._tf

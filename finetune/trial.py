@@ -60,6 +60,10 @@ def run_trial(config: dict, *, job_dict: dict, run_dir: str, data: DataHandle) -
             run_ray_train(job, loop_config, run_dir, trial_id, data)
     except UserError as error:
         record_failure(trial_dir, str(error), USER_ERROR)
+    except Exception:
+        if read_failure(trial_dir) is not None:
+            return  # a Ray Train worker recorded why before the run failed (train_loop.train_worker)
+        raise
 
 
 def run_ray_train(job: Job, loop_config: dict, run_dir: str, trial_id: str, data: DataHandle) -> None:

@@ -306,3 +306,26 @@ def test_regression_task_on_diabetes():
     assert trainer.model.get_layer("output").units == 1
 
 
+
+
+@pytest.mark.parametrize("module,name", [("os", "system"), ("builtins", "exec"), ("subprocess", "Popen")])
+def test_a_model_file_naming_code_outside_keras_is_refused_and_runs_nothing(tmp_path, digits, module, name):
+    """A .keras file edited so that a layer names a function of another module: refused before
+    Keras reads it, and nothing it names runs."""
+    import zipfile
+
+    inputs = keras.Input((8, 8, 1))
+    keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Flatten()(inputs))).save(tmp_path / "plain.keras")
+    with zipfile.ZipFile(tmp_path / "plain.keras") as archive:
+        files = {n: archive.read(n) for n in archive.namelist()}
+    config = json.loads(files["config.json"])
+    marker = tmp_path / "ran"
+    config["config"]["layers"][1].update(module=module, class_name=name, registered_name=None,
+                                         config={"args": [f"touch {marker}"]})
+    files["config.json"] = json.dumps(config).encode()
+    with zipfile.ZipFile(tmp_path / "hostile.keras", "w") as archive:
+        for member, data in files.items():
+            archive.writestr(member, data)
+    with pytest.raises(UserError, match=f"names code outside Keras \\({module}\\)"):
+        create_model(make_job(model={"base": str(tmp_path / "hostile.keras")}), digits)
+    assert not marker.exists()

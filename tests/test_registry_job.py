@@ -47,7 +47,7 @@ promote: {metric: test_auc, alias: 'a/b'}
     assert "4 problems" in text
     assert "promote.metric: got 'test_auc'; expected one of: test_loss, test_accuracy" in text
     assert "promote.holdout: got None; expected held-out rows" in text
-    assert "promote.alias: got 'a/b'; expected no path separators" in text
+    assert "promote.alias: got 'a/b'; expected a name without '/'" in text
     assert "runs of a job named 'registry' would share <storage_path>/registry/" in text
     with pytest.raises(JobError, match="keep_head only with a model file or registry base"):
         load_job(write_job(tmp_path, "name: n\nmodel: {base: builtin:mlp, keep_head: true}\n"))

@@ -30,6 +30,7 @@ class StreamSplit:
     dataset: Any  # ray.data.Dataset
     rows: int
     preview: Split  # the first rows of the source's first file(s) that fall in this split
+    sources: tuple = ()  # ((job field, finetune.data.files.Files), ...): the files it reads every epoch
 
     def __len__(self) -> int:
         return self.rows
@@ -66,6 +67,18 @@ class LoadedData:
 
     def feature_stats(self) -> tuple[np.ndarray, np.ndarray]:
         return self.feature_mean, self.feature_variance
+
+    def changed_source(self) -> str | None:
+        """For streaming data, the first file the splits read that is gone or changed since the run
+        resolved it, as `field: what became of it`; None when every file is as it was."""
+        from finetune.data.files import changed_file
+
+        for split in (self.train, self.validation):
+            for field_name, files in getattr(split, "sources", ()):
+                change = changed_file(files)
+                if change is not None:
+                    return f"{field_name}: {change}"
+        return None
 
     def without_test(self) -> "LoadedData":
         """What trials receive: the test split stays with the driver."""

@@ -66,13 +66,28 @@ def resolve(location: str, field: str, format: str | None) -> Files:
                      if i.type == pafs.FileType.File and not posixpath.basename(i.path).startswith((".", "_"))]
             root = path
     if not infos:
-        raise DataError(f"{field}: {location!r} holds no files.")
+        raise DataError(f"{field}: {location!r} holds no files (names starting with '.' or '_' are skipped). "
+                        "Expected data files (.parquet, .csv, .arrow) or one folder of images per class there: "
+                        "check the path or the pattern.")
     infos.sort(key=lambda i: i.path)
     format = format or infer_format(infos, field, location)
     if format != "images":
         infos = [i for i in infos if EXTENSIONS.get(_extension(i.path)) == format] or infos
     return Files(location, filesystem, [i.path for i in infos], [i.size for i in infos],
                  [i.mtime.timestamp() if i.mtime else 0.0 for i in infos], format, root)
+
+
+def changed_file(files: Files) -> str | None:
+    """What became of the first of `files` that is gone or differs (size, modification time) from
+    when the run resolved it; None when every file is as it was."""
+    for path, size, mtime, info in zip(files.paths, files.sizes, files.mtimes, files.filesystem.get_file_info(files.paths)):
+        if info.type == pafs.FileType.NotFound:
+            return f"{files.uri(path)} disappeared"
+        now = info.mtime.timestamp() if info.mtime else 0.0
+        if info.size != size or now != mtime:
+            return f"{files.uri(path)} changed ({size} bytes before, {info.size} now)" if info.size != size \
+                else f"{files.uri(path)} changed (modified again since the run started)"
+    return None
 
 
 def _glob(filesystem: pafs.FileSystem, pattern: str) -> list[pafs.FileInfo]:

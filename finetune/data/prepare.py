@@ -79,7 +79,8 @@ def load_files(spec: DatasetSpec, seed: int, task: str = "classification") -> Lo
     if in_memory:
         data = _load_in_memory(spec, converted, conversion, seed, class_names, task)
     else:
-        data = _load_streaming(spec, converted, conversion, seed, class_names, raw, previews, task)
+        sources = {name: ((_field(name), found),) for name, found in resolved.items()}
+        data = _load_streaming(spec, converted, conversion, seed, class_names, raw, previews, task, sources)
     split_rows = {name: len(split) for name, split in (("train", data.train), ("validation", data.validation),
                                                         ("test", data.test)) if split is not None}
     return replace(data, fingerprint={"in_memory": in_memory, "sources": fingerprint, "split_rows": split_rows,
@@ -111,7 +112,8 @@ def _open_table(found: data_files.Files):
             f"Check that the file is a valid {found.format} file, or set dataset.format."
         ) from None
     if first.num_rows == 0:
-        raise DataError(f"dataset.source: {found.location!r} holds no rows.")
+        raise DataError(f"dataset.source: {found.location!r} holds no rows: its file(s) have columns but no data. "
+                        "Check that the file was written completely, or point dataset.source at the data.")
     return data_files.read_table(found), first
 
 
@@ -184,7 +186,9 @@ def _load_in_memory(spec, converted, conversion, seed, class_names, task) -> Loa
         except Exception as error:
             raise DataError(f"{_field(name)}: cannot read the data: {_first_line(error)}") from None
         if not batches:
-            raise DataError(f"{_field(name)}: no rows.")
+            kept = (f" once only dataset.classes {list(spec.classes)} are kept; check that the label column holds "
+                    "those labels") if spec.classes is not None else "; check that the files hold data"
+            raise DataError(f"{_field(name)}: no rows left{kept}.")
         arrays[name] = {key: np.concatenate([b[key] for b in batches]) for key in batches[0]}
     skipped = 0
     for name, columns in arrays.items():
@@ -296,7 +300,7 @@ def _raise_problems(names, problems, count: int, split: str) -> None:
 # --- streaming -----------------------------------------------------------------------------------
 
 
-def _load_streaming(spec, converted, conversion, seed, class_names, raw, previews, task) -> LoadedData:
+def _load_streaming(spec, converted, conversion, seed, class_names, raw, previews, task, files) -> LoadedData:
     """Check every row once with Ray Data (in parallel, on the cluster); keep the splits lazy."""
     if "all" in converted:
         base = converted["all"]
@@ -314,6 +318,7 @@ def _load_streaming(spec, converted, conversion, seed, class_names, raw, preview
                        for name, (_, low, high, _) in filters.items()}
         sources = {name: raw["all"] for name in filters}
         first_rows = {name: previews["all"] for name in filters}
+        files = {name: files["all"] for name in filters}
     else:
         filters = {name: None for name in converted}
         checked, sources, first_rows = dict(converted), dict(raw), dict(previews)
@@ -341,7 +346,7 @@ def _load_streaming(spec, converted, conversion, seed, class_names, raw, preview
     arguments = {name: {"conversion": conversion, "classes": classes or None, "split": filters[name]} for name in checked}
     final = {name: StreamSplit(sources[name].map_batches(model_inputs_batch, fn_kwargs=arguments[name],
                                                          batch_format="pyarrow", batch_size=None),
-                               rows[name], _preview(first_rows[name], arguments[name]))
+                               rows[name], _preview(first_rows[name], arguments[name]), files[name])
              for name in checked if rows[name]}
     train = summaries["train"]
     mean = train["sum"] / train["count"]

@@ -8,21 +8,22 @@ TensorFlow: validating a job takes milliseconds.
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Any, Literal, Optional, Union, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from finetune import keras_names
+from finetune.job.names import name_problem
 
 EMBEDDED_DATASETS = ("digits", "breast_cancer", "wine", "iris", "diabetes")
 BUILTIN_MODELS = ("small_cnn", "mlp")
 
 
 class _Strict(BaseModel):
-    """Unknown keys are errors, not silently ignored."""
+    """Unknown keys are errors, not silently ignored; no number field takes NaN or an infinity
+    (`1e400` is text to YAML, and infinite to pydantic)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 # --- dataset -------------------------------------------------------------------------------------
@@ -195,10 +196,12 @@ class ModelSpec(_Strict):
                 return base
             raise ValueError(keras_names.unknown_name_message("Applications model", name, keras_names.APPLICATIONS))
         if kind == "registry" and sep:
-            if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}@[A-Za-z0-9][A-Za-z0-9_.-]{0,99}", name) and ".." not in name:
+            model_name, at, version = name.partition("@")
+            problem = (name_problem(model_name) or name_problem(version)) if at else "expected a version after '@'"
+            if problem is None:
                 return base
             raise ValueError("expected registry:NAME@champion, registry:NAME@v3, registry:NAME@<alias>, "
-                             "registry:NAME@latest or registry:NAME@<run id>")
+                             f"registry:NAME@latest or registry:NAME@<run id>; {problem}")
         if base.endswith(".keras"):
             return base
         raise ValueError("expected builtin:small_cnn, builtin:mlp, keras:<Applications model>, "
@@ -319,8 +322,10 @@ class TrainSpec(_Strict):
         for name in names:
             if name not in keras_names.METRICS:
                 raise ValueError(keras_names.unknown_name_message("metric", name, keras_names.METRICS))
-        if len(set(names)) != len(names):
-            raise ValueError("expected each metric once")
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"expected each metric once; {', '.join(repeated)} is listed more than once: "
+                             "remove the repeat")
         return names
 
 
@@ -477,9 +482,11 @@ class PromoteSpec(_Strict):
 
 
 class Job(_Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100,
-                      description="names the run folder, <storage_path>/<name>/<run id>/, and the registry entry")
-    seed: int = Field(0, description="the experiment seed; every trial's seed and every split derive from it")
+    name: str = Field(description=(
+        "names the run folder, <storage_path>/<name>/<run id>/, and the registry entry: letters, digits, "
+        "'_', '-', '.'"))
+    seed: int = Field(0, ge=0, le=2**32 - 1, description=(
+        "the experiment seed (NumPy's range: 0 to 2**32 - 1); every trial's seed and every split derive from it"))
     storage_path: str = Field("runs", description=(
         "where runs go, <storage_path>/<name>/<run id>/: a folder (relative to the job file; runs/ of the "
         "working directory when unset) or a pyarrow URI (s3://, gs://)"))
@@ -492,8 +499,7 @@ class Job(_Strict):
     registry: Optional[RegistrySpec] = Field(None, description=(
         "the model registry: a folder or URI, or {path, encrypt, require_signature}; a job with this "
         "or promote: registers its best model as a new version"))
-    registry_name: Optional[str] = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100,
-                                         description="the model's name in the registry (default: name)")
+    registry_name: Optional[str] = Field(None, description="the model's name in the registry (default: name)")
     promote: Optional[PromoteSpec] = Field(None, description=(
         "the champion/challenger gate run after the search (finetune nightly uses it with defaults)"))
 
@@ -512,6 +518,14 @@ class Job(_Strict):
     def registers(self) -> bool:
         """Whether a run of this job registers its best model."""
         return self.registry is not None or self.promote is not None
+
+    @field_validator("name", "registry_name")
+    @classmethod
+    def _name_is_a_folder(cls, name: str | None) -> str | None:
+        problem = None if name is None else name_problem(name)
+        if problem is not None:
+            raise ValueError(problem)
+        return name
 
     @property
     def executor(self) -> str:

@@ -4,12 +4,14 @@ against the fields it varies, and the translation of all of it into `Problem`s, 
 from __future__ import annotations
 
 import difflib
+import math
 import re
-from typing import Any
+from typing import Any, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
 
 from finetune import search_space
+from finetune.job.names import name_problem
 from finetune.errors import JobError, Problem
 from finetune.job.dotted import set_path
 from finetune.job.schema import REGRESSION_LOSSES, REGRESSION_METRICS, Job, reported_metrics, scheduler_types
@@ -17,18 +19,34 @@ from finetune.job.schema import REGRESSION_LOSSES, REGRESSION_METRICS, Job, repo
 
 def validate_job_dict(raw: dict, source: str = "<job>") -> Job:
     """A validated Job, or a JobError listing every problem with its path, value and expectation."""
-    problems: list[Problem] = []
+    problems = _number_problems(raw)
     try:
         job = Job.model_validate(raw)
     except ValidationError as error:
         job = None
-        problems.extend(_problems_from(error, raw))
+        found = {p.path for p in problems}
+        problems.extend(p for p in _problems_from(error, raw) if p.path not in found)
     problems.extend(_space_problems(raw))
     if job is not None:
         problems.extend(_cross_field_problems(job))
     if problems:
         raise JobError(source, problems)
     return job
+
+
+def _number_problems(value: Any, path: str = "") -> list[Problem]:
+    """NaN, infinities and integers beyond 64 bits, anywhere in the job (the optimizer's own
+    arguments and search-space values included): no field takes them, and the libraries the
+    values go to would fail on them long after the run started, or train on nonsense."""
+    if isinstance(value, dict):
+        return [p for key, item in value.items() for p in _number_problems(item, f"{path}.{key}" if path else str(key))]
+    if isinstance(value, list):
+        return [p for i, item in enumerate(value) for p in _number_problems(item, f"{path}.{i}" if path else str(i))]
+    if isinstance(value, float) and not math.isfinite(value):
+        return [Problem(path, value, "expected a finite number (NaN and infinities are refused)")]
+    if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**63:
+        return [Problem(path, f"a number of {len(str(abs(value)))} digits", "expected a number that fits 64 bits")]
+    return []
 
 
 def _cross_field_problems(job: Job) -> list[Problem]:
@@ -109,8 +127,6 @@ def _promotion_problems(job: Job) -> list[Problem]:
         if promote.max_class_drop is not None and job.model.task == "regression":
             problems.append(Problem("promote.max_class_drop", promote.max_class_drop,
                                     "expected no per-class rule for model.task regression (there are no classes)"))
-        from finetune.registry.names import name_problem
-
         if promote.alias and name_problem(promote.alias):
             problems.append(Problem("promote.alias", promote.alias, name_problem(promote.alias)))
     if job.registers and job.name == "registry" and (job.registry is None or job.registry.path is None):
@@ -127,8 +143,12 @@ def _space_problems(raw: dict) -> list[Problem]:
     if not isinstance(space, dict):
         return []
     problems = []
+    fixed = set_path(raw, "search.space", {})  # copied once: each value's candidate copies only this
     for dotted, spec in space.items():
         where = f"search.space.{dotted}"
+        if not isinstance(dotted, str):
+            problems.append(Problem(where, dotted, "expected a dotted field path such as train.learning_rate"))
+            continue
         try:
             domain = search_space.parse_domain(spec)
         except ValueError as error:
@@ -142,8 +162,7 @@ def _space_problems(raw: dict) -> list[Problem]:
             problems.append(Problem(where, dotted, field_problem))
             continue
         for value in domain.values_to_check():
-            candidate = set_path(raw, dotted, value)
-            candidate.get("search", {}).pop("space", None)
+            candidate = set_path(fixed, dotted, value)
             try:
                 Job.model_validate(candidate)
             except ValidationError as error:
@@ -170,14 +189,19 @@ def _field_problem(dotted: str) -> str | None:
     if keys[0] not in SEARCHABLE_SECTIONS:
         return f"expected a field under {' or '.join(SEARCHABLE_SECTIONS)}: only those vary between trials"
     model: type[BaseModel] | None = Job
+    annotation: Any = Job
     for i, key in enumerate(keys):
         if model is None:
             return None  # inside a free-form mapping: any key is allowed
         fields = model.model_fields
         if key not in fields:
             return _unknown_key_message(key, list(fields), ".".join(keys[:i]) or "the job")
-        model = _as_model(fields[key].annotation)
-    if model is not None:
+        annotation = fields[key].annotation
+        # A section, or a choice of a value and a section (model.freeze: all | {top_trainable: K}).
+        model = next((m for m in map(_as_model, (annotation, *get_args(annotation))) if m is not None), None)
+        if model is None and i < len(keys) - 1 and get_origin(annotation) is not dict:
+            return f"expected a field; {'.'.join(keys[:i + 1])} holds a value, not fields of its own"
+    if _as_model(annotation) is not None:
         return "expected a single field, not a whole section; name a field inside it"
     return None
 

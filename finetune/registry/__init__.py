@@ -13,9 +13,10 @@ decides promotions, and the checks that keep a tampered or foreign model file fr
 - `commands`: `finetune models list|show|promote|rollback|verify|export`.
 """
 
-from finetune.registry.names import Reference, check_alias, check_name, name_problem, parse_reference
-from finetune.registry.runs import SUMMARY_FILE
+from finetune.job.names import check_name, name_problem
+from finetune.registry.names import Reference, check_alias, parse_reference
+from finetune.registry.runs import SUMMARY_FILE, run_status
 from finetune.registry.store import ModelStore, VersionInfo
 
 __all__ = ["ModelStore", "Reference", "SUMMARY_FILE", "VersionInfo", "check_alias", "check_name", "name_problem",
-           "parse_reference"]
+           "parse_reference", "run_status"]

@@ -64,5 +64,14 @@ def run_model_bytes(run_dir: str, require_signature: bool = False) -> bytes:
 
 
 def completed_runs(root: str) -> list[str]:
-    """Run ids under a job's folder that have a summary, oldest first (ids sort by start time)."""
-    return [run for run in storage.list_dirs(root) if storage.exists(storage.join(root, run, SUMMARY_FILE))]
+    """Run ids under a job's folder whose search ended (finished, or failed with no model), oldest
+    first (ids sort by start time); an interrupted run is not one of them until it is resumed."""
+    return [run for run in storage.list_dirs(root) if run_status(storage.join(root, run)) in ("finished", "failed")]
+
+
+def run_status(run_dir: str) -> str | None:
+    """A run's status as its summary records it (finished, failed, interrupted), or None when it
+    has no summary (it is running, or its driver was killed)."""
+    location = storage.join(run_dir, SUMMARY_FILE)
+    # A summary without a status predates interruptions: its run ended.
+    return storage.read_json(location).get("status", "finished") if storage.exists(location) else None
