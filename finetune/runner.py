@@ -78,6 +78,9 @@ def _run(job: Job, run_dir: str | None, address, verbose: bool, out, callbacks) 
     from finetune.job import check_inputs_exist, local_inputs
 
     check_inputs_exist(job, f"job {job.name!r}")
+    from finetune.searchers import check_available
+
+    check_available(job)
 
     # Ray starts first: file sources are read by Ray Data, and TensorFlow work runs in Ray workers,
     # so this driver never imports TensorFlow (it stays light on a cluster's head node).
@@ -92,6 +95,9 @@ def _run(job: Job, run_dir: str | None, address, verbose: bool, out, callbacks) 
 
     data = loading.result() if job.dataset.embedded else load_data(job.dataset, job.seed, job.model.task)
     check_fits_workers(data, job.resources.num_workers)
+    from finetune.full_batch import check_data_fits, ignored_fields_note
+
+    check_data_fits(job, data.streaming)
     handle = DataHandle(ray.put(data.without_test()))
     from finetune.evaluation import preflight_in_worker
 
@@ -110,10 +116,13 @@ def _run(job: Job, run_dir: str | None, address, verbose: bool, out, callbacks) 
         print(f"skipped {data.skipped_rows} images that do not decode (dataset.on_bad_image: skip)", file=out)
     print(
         f"{'resuming' if resuming else 'run'} {run_dir}\n{num_trials} trials, {concurrency} at a time, "
+        f"search {reports.algorithm_name(job)}, "
         f"{job.resources.num_workers} worker(s) each ({job.executor}); Ray: {capacity.cpus:g} CPUs, "
         f"{capacity.gpus:g} GPUs, {capacity.nodes} node(s)",
         file=out, flush=True,
     )
+    if ignored_fields_note(job):
+        print(ignored_fields_note(job), file=out, flush=True)
 
     # 3. The search.
     progress = reports.make_progress_printer(job, num_trials, run_dir, out)
@@ -143,6 +152,8 @@ def finish_run(job: Job, run_dir: str, results: list, data: LoadedData, started:
         "name": job.name,
         "run_dir": run_dir,
         "status": "finished",
+        "algorithm": job.search.algorithm,
+        "scheduler": job.search.scheduler.type,
         "metric": job.search.metric,
         "mode": job.search.mode,
         "num_trials": len(outcomes),

@@ -118,8 +118,8 @@ class TpeSearch(OptunaSearch):
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         value, epoch = result.get(self.metric), result.get("epoch")
-        if not isinstance(value, (int, float)) or epoch is None:
-            return
+        if not isinstance(value, (int, float)) or epoch is None or int(epoch) <= self._last_epoch.get(trial_id, 0):
+            return  # no value, or an epoch told already (a restarted trial repeats its last)
         best = self._best.get(trial_id)
         if best is None or (value > best if self._maximize else value < best):
             self._best[trial_id] = value
@@ -129,6 +129,11 @@ class TpeSearch(OptunaSearch):
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if _compat.optuna_was_told(self, trial_id):
             return
+        # Tune hands a trial's last result to on_trial_result only when the scheduler lets the trial
+        # go on (ray/tune/execution/tune_controller.py, _process_trial_result): the result a
+        # scheduler stops it at, or its final epoch's, arrives here only.
+        if result:
+            self.on_trial_result(trial_id, result)
         failed = error or read_failure(storage.join(self._run_dir, "trials", trial_id)) is not None
         if failed or trial_id not in self._best:
             state, value = TrialState.FAIL, None

@@ -101,11 +101,19 @@ def create_tuner(job: Job, run_dir: str, data: DataHandle, concurrency: int, cal
             callbacks=run_callbacks(run_dir, callbacks),
             failure_config=tune.FailureConfig(max_failures=job.resources.max_failures),
             checkpoint_config=tune.CheckpointConfig(
-                num_to_keep=1, checkpoint_score_attribute=job.search.metric,
+                num_to_keep=checkpoints_to_keep(job), checkpoint_score_attribute=job.search.metric,
                 checkpoint_score_order=job.search.mode,
             ),
         ),
     )
+
+
+def checkpoints_to_keep(job: Job) -> int | None:
+    """Each trial's best checkpoint (Tune also keeps the latest), or, under PBT, every one: an
+    exploit points a trial at another trial's checkpoint, and Tune would delete it under both when
+    either registers a newer one ("Path not found" in register_checkpoint, seen on Ray 2.60; Ray's
+    PBT warns about num_to_keep <= 2, ray/tune/schedulers/pbt.py)."""
+    return None if job.search.scheduler.type == "pbt" else 1
 
 
 def restore_tuner(job: Job, run_dir: str, data: DataHandle, callbacks: list):
