@@ -61,8 +61,8 @@ class ProposeTrial:
             else:
                 sampled[path] = suggest(trial, path, domain)
         # Keys as Ray's OptunaSearch unflattens them ("/"), over the raw values it captured.
-        return {**{f"space/{path}": value for path, value in sampled.items()},
-                "seed": trial_seed(self.experiment_seed, trial.number)}
+        config = {f"space/{path}": value for path, value in sampled.items()} if sampled else {"space": {}}
+        return {**config, "seed": trial_seed(self.experiment_seed, trial.number)}
 
     def _condition_holds(self, domain: Domain, sampled: dict) -> bool:
         for other, allowed in domain.when:

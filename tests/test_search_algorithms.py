@@ -5,12 +5,12 @@ from __future__ import annotations
 import io
 import json
 import os
-import pickle
 
 import pyarrow.parquet as pq
 import pytest
 from conftest import write_job
 
+from finetune import _compat
 from finetune.job import load_job
 from finetune.runner import run_job
 
@@ -49,13 +49,6 @@ def metrics_of(summary: dict) -> list[dict]:
     return pq.read_table(os.path.join(summary["run_dir"], "metrics.parquet")).to_pylist()
 
 
-def searcher_state(run_dir: str) -> dict:
-    tune_dir = os.path.join(run_dir, "tune")
-    newest = max(n for n in os.listdir(tune_dir) if n.startswith("searcher-state-"))
-    with open(os.path.join(tune_dir, newest), "rb") as state:
-        return pickle.load(state)
-
-
 TPE_SPACE = """
     train.learning_rate: {loguniform: [1.0e-4, 3.0e-2]}
     model.head.units: {choice: [[16], [32]]}
@@ -76,13 +69,11 @@ def test_tpe_runs_two_trials_at_once_from_its_seed_and_tells_optuna_each_end(ray
     assert RunningTrials.most[0] == 2  # side by side, not one at a time (ray-project/ray#63770)
     # The first proposals are the seeded sampler's: a fresh searcher for the same job proposes them.
     # (Tune names a searcher's trials with random ids; the study numbers them in order.)
-    state = searcher_state(summary["run_dir"])
-    number_of = {trial_id: trial.number for trial_id, trial in state["_ot_trials"].items()}
+    study, number_of = _compat.saved_optuna_search(os.path.join(summary["run_dir"], "tune"))
     ran = sorted(summary["trials"], key=lambda t: number_of[t["trial_id"]])
     fresh = TpeSearch(job, str(tmp_path))
     for index in range(4):  # the random start-up trials (startup_trials: 12 // 3)
         assert fresh.suggest(f"again_{index}")["space"] == ran[index]["config"]
-    study = state["_ot_study"]
     states = [t.state for t in study.trials]
     assert len(states) == 12
     assert states.count(TrialState.PRUNED) == summary["num_stopped_early"] >= 1

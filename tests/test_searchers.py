@@ -116,3 +116,9 @@ def test_pbt_refuses_ray_train_saying_what_to_use():
     with pytest.raises(JobError, match="use resources.num_workers: 1 with pbt, or asha"):
         validate_job_dict({"name": "t", "train": {"epochs": 4}, "resources": {"num_workers": 2}, "search": {
             "scheduler": "pbt", "space": {"train.learning_rate": {"uniform": [0.1, 0.2]}}}})
+
+
+def test_tpe_with_an_empty_space_still_proposes_a_whole_configuration(tmp_path):
+    job = validate_job_dict({"name": "t", "search": {"algorithm": "tpe", "num_samples": 2}})
+    config = TpeSearch(job, str(tmp_path)).suggest("only")
+    assert config["space"] == {} and isinstance(config["seed"], int)

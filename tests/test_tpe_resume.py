@@ -4,14 +4,14 @@ subprocesses joined to a real Ray head (so that the killed driver's Ray is not l
 from __future__ import annotations
 
 import json
-import os
-import pickle
 import signal
 import subprocess
 import sys
 
 import pytest
 from conftest import REPO, write_job
+
+from finetune import _compat
 
 pytestmark = pytest.mark.ray
 
@@ -58,14 +58,11 @@ def test_a_resumed_tpe_run_continues_its_study(ray_head, tmp_path):
     assert f"resuming {run_dir}" in resumed.stdout and "search: tpe with none" in resumed.stdout
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["num_trials"] == 6 and summary["num_completed"] == 6, summary["trials"]
-    tune_dir = run_dir / "tune"
-    state = pickle.loads((tune_dir / max(n for n in os.listdir(tune_dir) if n.startswith("searcher-state-"))).read_bytes())
-    study = state["_ot_study"]
+    study, by_id = _compat.saved_optuna_search(str(run_dir / "tune"))
     # One study of six trials, each told once: the resumed driver asked the study it restored for
     # the trials it still had to run, rather than starting a new study from trial 0.
     assert [t.number for t in study.trials] == list(range(6))
     assert all(t.state == TrialState.COMPLETE for t in study.trials)
-    by_id = {trial_id: trial.number for trial_id, trial in state["_ot_trials"].items()}
     assert sorted(by_id) == sorted(t["trial_id"] for t in summary["trials"])
     for outcome in summary["trials"]:
         params = study.trials[by_id[outcome["trial_id"]]].params
