@@ -332,7 +332,7 @@ class PbtScheduler(_Strict):
     perturbs the mutated entries (x0.8 or x1.2, or a fresh sample with `resample_probability`).
     `search.num_samples` is the population."""
 
-    type: Literal["pbt"]
+    type: Literal["pbt"] = Field(description="pbt")
     perturbation_interval: int = Field(2, ge=1, description="epochs between exploit/explore steps")
     quantile_fraction: float = Field(0.25, gt=0, le=0.5, description="bottom and top fraction of the population")
     resample_probability: float = Field(0.25, ge=0, le=1, description="chance a mutated value is drawn anew")
