@@ -134,3 +134,13 @@ def test_full_batch_jobs_refuse_streaming_data_and_bad_arguments():
     with pytest.raises(UserError, match="this data streams"):
         full_batch.check_data_fits(job, streaming=True)
     full_batch.check_data_fits(job, streaming=False)
+
+
+def test_a_keras_optimizer_leaves_the_full_batch_arguments_of_a_shared_optimizer_args():
+    """A space choosing between lbfgs and adam shares one optimizer_args: adam leaves iterations."""
+    from finetune.job import TrainSpec
+    from finetune.optimization import create_optimizer
+
+    assert type(create_optimizer(TrainSpec(optimizer="adam", optimizer_args={"iterations": 20, "gtol": 1e-6}))).__name__ == "Adam"
+    with pytest.raises(UserError, match="momentum is not an argument of Adam"):
+        create_optimizer(TrainSpec(optimizer="adam", optimizer_args={"momentum": 0.9}))
