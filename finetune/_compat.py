@@ -151,6 +151,48 @@ def checkpoints_named_in_snapshot(snapshot_text: bytes) -> set[tuple[bytes, byte
     return named
 
 
+def optuna_trial_of(searcher, trial_id: str):
+    """The Optuna trial Ray's OptunaSearch asked for a Tune trial (ray/tune/search/optuna/
+    optuna_search.py, `_ot_trials`); finetune.tpe tells it its outcome itself, since OptunaSearch
+    tells a scheduler-stopped trial as COMPLETE."""
+    return searcher._ot_trials[trial_id]
+
+
+def optuna_study_of(searcher):
+    return searcher._ot_study  # OptunaSearch._setup_study
+
+
+def optuna_was_told(searcher, trial_id: str) -> bool:
+    return trial_id in searcher._completed_trials  # OptunaSearch.on_trial_complete's record
+
+
+def mark_optuna_told(searcher, trial_id: str) -> None:
+    searcher._completed_trials.add(trial_id)
+
+
+def saved_optuna_search(tune_dir: str):
+    """(the Optuna study, {Tune trial id: its number in the study}) from the newest searcher state
+    Tune saved in a run's Tune folder: OptunaSearch.save pickles its attributes whole into
+    searcher-state-<session>.pkl (ray/tune/search/searcher.py, CKPT_FILE_TMPL). For tests and
+    for looking into a TPE run; local folders only."""
+    import pickle
+
+    newest = max(n for n in os.listdir(tune_dir) if n.startswith("searcher-state-"))
+    with open(os.path.join(tune_dir, newest), "rb") as saved:
+        state = pickle.load(saved)
+    return state["_ot_study"], {trial_id: trial.number for trial_id, trial in state["_ot_trials"].items()}
+
+
+def max_pending_trials(search_alg) -> int:
+    """How many trials Tune keeps pending for a search algorithm (ray/tune/execution/
+    tune_controller.py, _get_max_pending_trials). Before ray-project/ray#63770 (in Ray 2.60) it was 1
+    for every searcher but the basic generator, whatever its ConcurrencyLimiter allowed, and trials
+    ran one at a time (workaround: TUNE_MAX_PENDING_TRIALS_PG). For the test that keeps it so."""
+    from ray.tune.execution.tune_controller import _get_max_pending_trials
+
+    return _get_max_pending_trials(search_alg)
+
+
 # --- Keras ---------------------------------------------------------------------------------------
 
 

@@ -72,15 +72,17 @@ def has_trained_weights(spec: ModelSpec) -> bool:
 
 def create_output(job: Job, data: LoadedData, hidden) -> keras.KerasTensor:
     loss = job.train.loss
-    # float32 outputs keep the loss numerically sound under mixed precision.
+    # float32 outputs keep the loss numerically sound under mixed precision; a float64 model (cg,
+    # lbfgs: finetune.full_batch) keeps float64 to its end.
+    dtype = "float64" if keras.config.dtype_policy().name == "float64" else "float32"
     if job.model.task == "regression":
-        return keras.layers.Dense(1, name="output", dtype="float32")(hidden)
+        return keras.layers.Dense(1, name="output", dtype=dtype)(hidden)
     if loss in BINARY_LOSSES:
         if data.num_classes != 2:
             raise UserError(f"train.loss: {loss!r} is for two classes; the data has {data.num_classes}. "
                             "Use sparse_categorical_crossentropy for more classes.")
-        return keras.layers.Dense(1, activation="sigmoid", name="output", dtype="float32")(hidden)
-    return keras.layers.Dense(data.num_classes, activation="softmax", name="output", dtype="float32")(hidden)
+        return keras.layers.Dense(1, activation="sigmoid", name="output", dtype=dtype)(hidden)
+    return keras.layers.Dense(data.num_classes, activation="softmax", name="output", dtype=dtype)(hidden)
 
 
 # --- preprocessing -------------------------------------------------------------------------------

@@ -13,6 +13,9 @@ from typing import Callable
 from finetune.errors import UserError
 from finetune.job import TrainSpec
 
+# The arguments of train.optimizer cg and lbfgs (finetune.full_batch.METHOD_OPTIONS and iterations).
+FULL_BATCH_ARGUMENTS = ("iterations", "gtol", "ftol", "maxcor")
+
 # Losses whose labels are one-hot vectors; binary losses take a single 0/1 value; every other
 # classification loss takes class indices.
 ONE_HOT_LOSSES = ("categorical_crossentropy", "categorical_focal_crossentropy", "categorical_hinge",
@@ -27,21 +30,24 @@ def create_optimizer(train: TrainSpec, learning_rate_scale: float = 1.0, mixed_p
     gradient clipping. Unknown arguments are a user error naming train.optimizer_args."""
     import keras
 
-    config = {"learning_rate": train.learning_rate * learning_rate_scale, **train.optimizer_args}
+    # A search may choose between cg/lbfgs and Keras optimizers under one optimizer_args: their
+    # own arguments (iterations, gtol...) are no Keras optimizer's, and a Keras trial leaves them.
+    arguments = {k: v for k, v in train.optimizer_args.items() if k not in FULL_BATCH_ARGUMENTS}
+    config = {"learning_rate": train.learning_rate * learning_rate_scale, **arguments}
     if train.weight_decay:
         config["weight_decay"] = train.weight_decay
     if train.clipnorm:
         config["clipnorm"] = train.clipnorm
     cls = type(keras.optimizers.get(train.optimizer))
     accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "kwargs"}
-    unknown = sorted(set(train.optimizer_args) - accepted)
+    unknown = sorted(set(arguments) - accepted)
     if unknown:
         raise UserError(f"train.optimizer_args: {', '.join(unknown)} {'is' if len(unknown) == 1 else 'are'} not "
                         f"an argument of {cls.__name__}; it takes: {', '.join(sorted(accepted))}.")
     try:
         optimizer = cls(**config)
     except (TypeError, ValueError) as error:
-        raise UserError(f"train.optimizer_args: {cls.__name__} refuses {train.optimizer_args}: {error}") from None
+        raise UserError(f"train.optimizer_args: {cls.__name__} refuses {arguments}: {error}") from None
     return keras.optimizers.LossScaleOptimizer(optimizer) if mixed_precision else optimizer
 
 

@@ -164,9 +164,17 @@ def metrics_table(rows: list[dict]) -> pa.Table:
         try:
             arrays[key] = pa.array(values)
         except (pa.ArrowInvalid, pa.ArrowTypeError):
-            # Mixed types (a choice between a number and a list, say): keep them readable as JSON.
-            arrays[key] = pa.array([None if v is None else json.dumps(v) for v in values])
+            arrays[key] = _mixed_column(values)
     return pa.table(arrays)
+
+
+def _mixed_column(values: list) -> pa.Array:
+    """A column of text reported by some epochs only (pandas fills the others with NaN), as text
+    and nulls; other mixed types (a choice between a number and a list, say) as JSON text."""
+    missing = [v is None or (isinstance(v, float) and math.isnan(v)) for v in values]
+    if all(m or isinstance(v, str) for v, m in zip(values, missing)):
+        return pa.array([None if m else v for v, m in zip(values, missing)], pa.string())
+    return pa.array([None if v is None else json.dumps(v) for v in values])
 
 
 def write_parquet(table: pa.Table, location: str) -> None:
@@ -211,8 +219,14 @@ def result_trial_id(result) -> str:
     return str(result.metrics.get("trial_id") or result.path.rstrip("/").rpartition("/")[2])
 
 
+def algorithm_name(job) -> str:
+    """'tpe with asha', 'random with pbt': what proposed the trials and what stopped or exploited them."""
+    return f"{job.search.algorithm} with {job.search.scheduler.type}"
+
+
 def print_final_table(outcomes: list[TrialOutcome], job, out=None) -> None:
     out = out or sys.stdout
+    print(f"search: {algorithm_name(job)}", file=out)
     metric = job.search.metric
     paths = list(job.search.space)
     header = ["trial", "status", "epochs", f"best {metric}", *[p.rpartition(".")[2] for p in paths]]

@@ -29,7 +29,9 @@ from finetune import _compat, storage
 from finetune.errors import StorageError
 
 KEPT_FOLDER = "snapshot"  # inside the run's Tune folder
-_SNAPSHOT_FILE = re.compile(r"(experiment_state|.+-state)-.+\.json$")  # experiment_state-<t>.json, basic-variant-state-<t>.json
+# experiment_state-<t>.json, basic-variant-state-<t>.json; with a searcher (TPE) search_gen_state-<t>.json
+# and searcher-state-<t>.pkl (ray/tune/search/search_generator.py and searcher.py, CKPT_FILE_TMPL).
+_SNAPSHOT_FILE = re.compile(r"(experiment_state|.+[-_]state)-.+\.(json|pkl)$")
 
 
 class SnapshotKeeper(Callback):

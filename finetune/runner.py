@@ -148,6 +148,9 @@ def _run_steps(job: Job, run_dir: str | None, address, verbose: bool, out, callb
 
     data = loading.result() if job.dataset.embedded else load_data(job.dataset, job.seed, job.model.task)
     check_fits_workers(data, job.resources.num_workers)
+    from finetune.full_batch import check_data_fits, ignored_fields_note
+
+    check_data_fits(job, data.streaming)
     holdout = None
     if job.promote is not None and job.promote.holdout is not None:
         from finetune.data import load_holdout
@@ -192,10 +195,13 @@ def _run_steps(job: Job, run_dir: str | None, address, verbose: bool, out, callb
     if progress != "quiet":
         print(
             f"{'resuming' if resuming else 'run'} {run_dir}\n{num_trials} trials, {concurrency} at a time, "
+            f"search {reports.algorithm_name(job)}, "
             f"{job.resources.num_workers} worker(s) each ({job.executor}); Ray: {capacity.cpus:g} CPUs, "
             f"{capacity.gpus:g} GPUs, {capacity.nodes} node(s)",
             file=out, flush=True,
         )
+        if ignored_fields_note(job):
+            print(ignored_fields_note(job), file=out, flush=True)
 
     # 3. The search. A signal or a refused write stops it with every trial's last checkpoint kept.
     views = progress_views(job, progress, num_trials, concurrency, run_dir, out)
@@ -406,6 +412,8 @@ def _summary(job: Job, run_dir: str, outcomes: list, data: LoadedData, started: 
         "name": job.name,
         "run_dir": run_dir,
         "status": "finished",
+        "algorithm": job.search.algorithm,
+        "scheduler": job.search.scheduler.type,
         "metric": job.search.metric,
         "mode": job.search.mode,
         "num_trials": len(outcomes),

@@ -204,3 +204,43 @@ def _lookup(data: dict, dotted: str) -> Any:
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+# --- population-based training ---------------------------------------------------------------------
+
+# Domains PBT can perturb: numbers, multiplied by a factor or drawn anew.
+MUTABLE_KINDS = ("uniform", "loguniform", "quniform", "randint")
+
+
+def pbt_mutations(space: dict[str, Any], mutate: list[str] | None) -> dict[str, Domain]:
+    """The entries PBT perturbs: those `mutate` names, or by default every numeric entry without
+    `when` (except train.epochs, which PBT's schedule counts)."""
+    domains = parse_space(space)
+    if mutate is not None:
+        return {path: domains[path] for path in mutate}
+    return {path: d for path, d in domains.items()
+            if d.kind in MUTABLE_KINDS and not d.when and path != "train.epochs"}
+
+
+class ClampToSpace:
+    """PBT's custom_explore_fn: a value perturbed by a factor can leave its range (a dropout of 0.45
+    times 1.2 is 0.54, out of uniform: [0, 0.5]); bring each back inside its domain, on its step."""
+
+    def __init__(self, mutations: dict[str, Domain]):
+        self.mutations = mutations
+
+    def __call__(self, config: dict) -> dict:
+        for path, domain in self.mutations.items():
+            config["space"][path] = clamp(domain, config["space"][path])
+        return config
+
+
+def clamp(domain: Domain, value: float) -> float | int:
+    low, high = domain.args[0], domain.args[1]
+    value = min(max(value, low), high)
+    if domain.kind == "randint":
+        return int(round(value))
+    if domain.kind == "quniform":
+        step = domain.args[2]
+        return float(min(max(round(value / step) * step, low), high))
+    return float(value)

@@ -12,6 +12,7 @@ same loop inside the Tune trial, without a Ray Train start-up.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -25,6 +26,7 @@ from finetune.data.feed import Batches, worker_batches
 from finetune.errors import DataChanged, UserError
 from finetune.failures import NON_FINITE, USER_ERROR, read_failure, record_failure
 from finetune.job import Job
+from finetune.job.schema import FULL_BATCH_OPTIMIZERS
 from finetune.optimization import (
     create_loss,
     create_optimizer,
@@ -125,7 +127,8 @@ def run_worker_loop(config: dict, session) -> None:
     data: LoadedData = ray.get(config["data"].ref)
     shards = {name: session.dataset_shard(name) for name in ("train", "validation")} if data.streaming else {}
     trainer = EpochTrainer(job, data, seed=config["seed"], rank=session.world_rank,
-                           world_size=session.world_size, shards=shards)
+                           world_size=session.world_size, shards=shards,
+                           trial=os.path.basename(config["trial_dir"].rstrip("/")))
     start_epoch = 0
     checkpoint = session.latest_checkpoint()
     if checkpoint is not None:
@@ -158,6 +161,8 @@ def train_epochs(job: Job, config: dict, session, trainer: "EpochTrainer", start
         if first_step_at is None:
             first_step_at = trainer.first_step_done_at
             metrics["startup_seconds"] = first_step_at - config["trial_started_at"]
+            if checkpoint is not None:  # whose checkpoint this trial went on from: its own, or a PBT donor's
+                metrics["resumed_from_trial"], metrics["resumed_from_epoch"] = trainer.restored_from, start_epoch
         bad = [k for k in ("loss", "val_loss") if not math.isfinite(metrics[k])]
         if bad:
             # Every rank sees the same all-reduced loss and stops here; the trial reads the marker.
@@ -185,6 +190,14 @@ def configure_tensorflow(cpus: float) -> None:
         pass  # TensorFlow already initialised in this process (a reused actor)
 
 
+def _dtype_policy(job: Job) -> str:
+    """mixed_float16 computes in float16 and keeps float32 weights (GPUs only: the job refuses it on
+    CPUs); cg and lbfgs run in float64, which their line searches need (finetune.full_batch)."""
+    if job.train.optimizer in FULL_BATCH_OPTIMIZERS:
+        return "float64"
+    return "mixed_float16" if job.train.mixed_precision else "float32"
+
+
 def create_strategy(world_size: int):
     import tensorflow as tf
 
@@ -200,13 +213,15 @@ class EpochTrainer:
     """Model, optimizer and compiled epoch functions for one trial on one worker."""
 
     def __init__(self, job: Job, data: LoadedData, seed: int, rank: int, world_size: int,
-                 shards: dict | None = None):
+                 shards: dict | None = None, trial: str | None = None):
         import keras
         import tensorflow as tf
 
         from finetune.models import create_model
 
         self.job, self.data, self.seed, self.rank, self.world_size = job, data, seed, rank, world_size
+        self.trial = trial  # the trial id, recorded in checkpoints
+        self.restored_from: str | None = None  # the trial whose checkpoint this one resumed from
         self.spec = job.train  # the job's train: section
         self.strategy = create_strategy(world_size)
         self.task = job.model.task
@@ -214,8 +229,8 @@ class EpochTrainer:
         self.metric_names = list(job.train.metrics)
         self.metric_fns = [per_example_metric(n, job.train.loss, self.task) for n in self.metric_names]
         self.loss_fn = create_loss(job.train, data.num_classes, self.task)
-        # mixed_float16 computes in float16 and keeps float32 weights (GPUs only: the job refuses it on CPUs).
-        keras.mixed_precision.set_global_policy("mixed_float16" if job.train.mixed_precision else "float32")
+        self.full_batch = job.train.optimizer in FULL_BATCH_OPTIMIZERS
+        keras.mixed_precision.set_global_policy(_dtype_policy(job))
         keras.utils.set_random_seed(seed)  # same initial weights on every worker
         self.phase = 1
         with self.strategy.scope():
@@ -225,6 +240,9 @@ class EpochTrainer:
         self._make_functions()
         shards = shards or {}
         self.validation_batches = self._batches(data.validation, shards.get("validation"), shuffle=False)
+        if self.full_batch:  # the minimizer holds this worker's rows of the training split itself
+            self._tf = tf
+            return
         self.train_batches = self._batches(data.train, shards.get("train"), shuffle=True)
         if world_size > 1:
             # Each worker already holds its own shard: hand it to the strategy as is, no re-sharding.
@@ -235,8 +253,15 @@ class EpochTrainer:
     def _new_optimizer(self) -> None:
         """A fresh optimizer for the current phase's trainable weights. Compiling is not for fit():
         it records the loss, metrics and optimizer in the saved .keras file, so the model loads
-        ready to evaluate in plain Keras. Call inside the strategy's scope."""
-        self.optimizer = create_optimizer(self.spec, self._phase_scale(), self.spec.mixed_precision)
+        ready to evaluate in plain Keras. Call inside the strategy's scope. A full-batch method
+        (finetune.full_batch) has no Keras optimizer: the model is compiled with plain SGD, which
+        only the saved file records."""
+        if self.full_batch:
+            import keras
+
+            self.optimizer = keras.optimizers.SGD()
+        else:
+            self.optimizer = create_optimizer(self.spec, self._phase_scale(), self.spec.mixed_precision)
         self.model.compile(optimizer=self.optimizer, loss=self.spec.loss, metrics=self.metric_names)
         self.optimizer.build(self.model.trainable_variables)
 
@@ -269,10 +294,23 @@ class EpochTrainer:
     # -- compiled functions --
 
     def _make_functions(self) -> None:
-        """Trace-ready epoch functions for the current model and optimizer (finetune.train_step)."""
+        """Trace-ready epoch functions for the current model and optimizer (finetune.train_step), or
+        the full-batch minimizer over the current trainable weights (finetune.full_batch)."""
+        self._eval_fn = make_eval_sums(self.model, self.loss_fn, self.metric_fns)
+        if self.full_batch:
+            self._minimizer = self._full_batch_minimizer()
+            return
         self._train_fn = make_train_steps(self.strategy, self.model, self.optimizer, self.loss_fn, self.metric_fns,
                                           jit_compile=self.spec.jit_compile)
-        self._eval_fn = make_eval_sums(self.model, self.loss_fn, self.metric_fns)
+
+    def _full_batch_minimizer(self):
+        from finetune.full_batch import FullBatchMinimizer
+
+        split = self.data.train
+        rows = np.arange(self.rank, len(split), self.world_size)
+        labels = encode_labels(split.labels[rows], self.encoding, self.data.num_classes)
+        return FullBatchMinimizer(self.model, self.loss_fn, self.metric_fns, split.features[rows], np.asarray(labels),
+                                  self._all_reduce, self.spec.optimizer, self.spec.optimizer_args)
 
     def _all_reduce(self, local_value):
         """Sum a per-worker tensor over all workers (identity with one worker)."""
@@ -306,12 +344,12 @@ class EpochTrainer:
                 "start a new run on the new data.")
 
     def _train_epoch(self, epoch: int) -> dict:
-        from finetune.models import parameter_counts
-
         tf = self._tf
         fine_tune = self.spec.fine_tune
         if fine_tune and self.phase == 1 and epoch > fine_tune.after_epoch:
             self._enter_phase_two()
+        if self.full_batch:
+            return self._full_batch_epoch(epoch)
         learning_rate = learning_rate_at(self.spec, epoch, self._phase_scale())
         self.optimizer.learning_rate = learning_rate
         started = time.perf_counter()
@@ -324,14 +362,31 @@ class EpochTrainer:
         if steps > 1:
             totals += self._train_fn(iterator, tf.constant(steps - 1))
         train_seconds = time.perf_counter() - started
+        metrics = self._epoch_metrics(epoch, totals.numpy(), started, train_seconds)
+        metrics["learning_rate"] = learning_rate
+        return metrics
+
+    def _full_batch_epoch(self, epoch: int) -> dict:
+        """One epoch of cg or lbfgs: `iterations` iterations over the whole training split."""
+        started = time.perf_counter()
+        totals, counts = self._minimizer.run_epoch()
+        if self.first_step_done_at is None:
+            self.first_step_done_at = self._minimizer.first_evaluation_at
+        metrics = self._epoch_metrics(epoch, totals, started, time.perf_counter() - started)
+        metrics.update(counts)  # iterations and function evaluations of scipy.optimize.minimize
+        return metrics
+
+    def _epoch_metrics(self, epoch: int, totals: np.ndarray, started: float, train_seconds: float) -> dict:
+        """Training sums of the epoch, then validation, parameter counts and timings."""
+        from finetune.models import parameter_counts
+
         validation_totals = self._all_reduce(self._eval_fn(self.validation_batches.dataset))
         metrics = {"epoch": epoch}
-        metrics.update(self._means(totals.numpy(), prefix=""))
+        metrics.update(self._means(totals, prefix=""))
         metrics.update(self._means(validation_totals.numpy(), prefix="val_"))
         metrics["train_seconds"] = train_seconds
         metrics["epoch_seconds"] = time.perf_counter() - started
-        metrics["samples_per_second"] = float(totals.numpy()[-1]) / train_seconds
-        metrics["learning_rate"] = learning_rate
+        metrics["samples_per_second"] = float(totals[-1]) / train_seconds
         metrics["phase"] = self.phase
         metrics.update(parameter_counts(self.model))
         metrics["worker_pid"] = os.getpid()  # rank 0's process: where the trial really trains
@@ -358,20 +413,48 @@ class EpochTrainer:
     def save(self, directory: str, epoch: int) -> str:
         self.model.save(os.path.join(directory, MODEL_FILE))
         with open(os.path.join(directory, STATE_FILE), "w") as out:
-            json.dump({"epoch": epoch, "seed": self.seed, "phase": self.phase}, out)
+            json.dump({"epoch": epoch, "seed": self.seed, "phase": self.phase, "trial": self.trial,
+                       "configuration": self.configuration}, out)
         return directory
+
+    @property
+    def configuration(self) -> str:
+        """A digest of the trial's model and train sections: what its checkpoints were made with."""
+        text = json.dumps([self.job.model.model_dump(mode="json"), self.spec.model_dump(mode="json")], sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def restore(self, directory: str) -> int:
         """Load weights, trainable flags and optimizer state from a checkpoint; returns the epoch
-        it ended."""
+        it ended. `restored_from` is the trial that wrote it.
+
+        A checkpoint made with another configuration is a PBT exploit (the donor's weights, this
+        trial's new, perturbed configuration): the model is the one built from this trial's job,
+        given the checkpoint's weights and, where they fit, its optimizer's slots, so that values
+        built into the model (dropout) or its optimizer (weight decay) take their new values."""
         import keras
 
         with open(os.path.join(directory, STATE_FILE)) as state_file:
             state = json.load(state_file)
+        self.restored_from = state.get("trial")
         with self.strategy.scope():
             # The loaded model brings its own optimizer, whose state is tied to its variables.
-            self.model = keras.models.load_model(os.path.join(directory, MODEL_FILE), compile=True, safe_mode=True)
-            self.optimizer = self.model.optimizer
+            loaded = keras.models.load_model(os.path.join(directory, MODEL_FILE), compile=True, safe_mode=True)
+        if state.get("configuration", self.configuration) != self.configuration:
+            self._take_weights(loaded, int(state.get("phase", 1)))
+            return int(state["epoch"])
+        self.model, self.optimizer = loaded, loaded.optimizer
         self.phase = int(state.get("phase", 1))
         self._make_functions()
         return int(state["epoch"])
+
+    def _take_weights(self, loaded, phase: int) -> None:
+        """This trial's own model and optimizer, holding another configuration's weights and, when
+        the optimizers' variables match (same kind and shapes), its optimizer state."""
+        if phase == 2 and self.phase == 1:
+            self._enter_phase_two()
+        self.model.set_weights(loaded.get_weights())
+        ours, theirs = self.optimizer.variables, getattr(loaded.optimizer, "variables", [])
+        if not self.full_batch and len(ours) == len(theirs) and all(a.shape == b.shape for a, b in zip(ours, theirs)):
+            for variable, value in zip(ours, theirs):
+                variable.assign(value)
+        self._make_functions()

@@ -29,7 +29,8 @@ def trial_job(job_dict: dict, sampled: dict[str, Any]) -> Job:
     for dotted, value in sampled.items():
         if value is not None:  # None: a conditional entry whose condition this trial does not meet
             job_dict = set_path(job_dict, dotted, value)
-    job_dict["search"]["space"] = {}
+    # The trial's job is one configuration: no space to sample, nothing to schedule.
+    job_dict["search"]["space"], job_dict["search"]["scheduler"] = {}, {"type": "none"}
     return validate_job_dict(job_dict, source="trial configuration")
 
 

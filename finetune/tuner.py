@@ -9,7 +9,8 @@ from __future__ import annotations
 from finetune import _compat, storage
 from finetune.job import Job
 from finetune.resources import trial_resources
-from finetune.search_space import to_tune_space
+from finetune.search_space import ClampToSpace, pbt_mutations, to_tune_space
+from finetune.searchers import create_search_alg
 from finetune.trial import DataHandle, run_trial
 
 
@@ -17,6 +18,8 @@ def create_scheduler(job: Job):
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule
 
     spec = job.search.scheduler
+    if spec.type == "pbt":
+        return create_pbt(job)
     if spec.type in ("asha", "hyperband"):
         # Ray's ASHAScheduler is AsyncHyperBandScheduler; several brackets make it asynchronous
         # HyperBand. Both only stop trials, so they need no Tune checkpoint to pause and resume.
@@ -26,6 +29,24 @@ def create_scheduler(job: Job):
         return MedianStoppingRule(time_attr="epoch", grace_period=spec.grace_period,
                                   min_samples_required=spec.min_samples_required)
     return FIFOScheduler()
+
+
+def create_pbt(job: Job):
+    """Population-based training over the space's numeric entries (search_space.pbt_mutations).
+    An exploit restarts the trial with the donor's configuration, perturbed, and the donor's latest
+    checkpoint; the trial rebuilds its model from that configuration with the donor's weights
+    (train_loop.EpochTrainer.restore). Entries that are not mutated come with the donor's
+    configuration, so the weights always fit the model they are loaded into."""
+    from ray.tune.schedulers import PopulationBasedTraining
+
+    spec = job.search.scheduler
+    mutations = pbt_mutations(job.search.space, spec.mutate)
+    return PopulationBasedTraining(
+        time_attr="epoch", perturbation_interval=spec.perturbation_interval,
+        hyperparam_mutations={"space": {path: domain.to_tune() for path, domain in mutations.items()}},
+        quantile_fraction=spec.quantile_fraction, resample_probability=spec.resample_probability,
+        custom_explore_fn=ClampToSpace(mutations), log_config=True,
+    )
 
 
 TUNE_FOLDER = "tune"  # Tune's experiment folder inside a run folder
@@ -41,26 +62,32 @@ def make_trainable(job: Job, run_dir: str, data: DataHandle):
     )
 
 
+def param_space(job: Job) -> dict:
+    """What Tune samples for the basic generator; TPE proposes the whole configuration itself
+    (finetune.tpe), so Tune is given nothing to sample."""
+    from ray import tune
+
+    if job.search.algorithm == "tpe":
+        return {}
+    return {
+        "space": to_tune_space(job.search.space, fixed=job.model_dump(mode="json")),
+        # Every trial's seed, drawn by the seeded search: the experiment seed fixes them all.
+        "seed": tune.randint(0, 2**31 - 1),
+    }
+
+
 def create_tuner(job: Job, run_dir: str, data: DataHandle, concurrency: int, callbacks: list):
     from ray import tune
-    from ray.tune.search.basic_variant import BasicVariantGenerator
 
     return tune.Tuner(
         make_trainable(job, run_dir, data),
-        param_space={
-            "space": to_tune_space(job.search.space, fixed=job.model_dump(mode="json")),
-            # Every trial's seed, drawn by the seeded search: the experiment seed fixes them all.
-            "seed": tune.randint(0, 2**31 - 1),
-        },
+        param_space=param_space(job),
         tune_config=tune.TuneConfig(
             metric=job.search.metric,
             mode=job.search.mode,
             num_samples=job.search.num_samples,
             scheduler=create_scheduler(job),
-            # Given a searcher instance, Tune wraps it in a ConcurrencyLimiter only when it is not a
-            # BasicVariantGenerator, and a generator instance ignores TuneConfig.max_concurrent_trials
-            # (ray/tune/tune.py, run; seen on Ray 2.60): the generator's own cap is the one that holds.
-            search_alg=BasicVariantGenerator(random_state=job.seed, max_concurrent=concurrency),
+            search_alg=create_search_alg(job, run_dir, concurrency),
             # A reused trial process keeps TensorFlow imported: later trials start in about a second.
             # Only for in_trial: a trial that drives a Ray Train run is inside trainer.fit() when a
             # scheduler stops it, so Tune cannot reset it for reuse (and errors the next trial).
@@ -74,11 +101,19 @@ def create_tuner(job: Job, run_dir: str, data: DataHandle, concurrency: int, cal
             callbacks=run_callbacks(run_dir, callbacks),
             failure_config=tune.FailureConfig(max_failures=job.resources.max_failures),
             checkpoint_config=tune.CheckpointConfig(
-                num_to_keep=1, checkpoint_score_attribute=job.search.metric,
+                num_to_keep=checkpoints_to_keep(job), checkpoint_score_attribute=job.search.metric,
                 checkpoint_score_order=job.search.mode,
             ),
         ),
     )
+
+
+def checkpoints_to_keep(job: Job) -> int | None:
+    """Each trial's best checkpoint (Tune also keeps the latest), or, under PBT, every one: an
+    exploit points a trial at another trial's checkpoint, and Tune would delete it under both when
+    either registers a newer one ("Path not found" in register_checkpoint, seen on Ray 2.60; Ray's
+    PBT warns about num_to_keep <= 2, ray/tune/schedulers/pbt.py)."""
+    return None if job.search.scheduler.type == "pbt" else 1
 
 
 def restore_tuner(job: Job, run_dir: str, data: DataHandle, callbacks: list):

@@ -12,7 +12,8 @@ from finetune import _compat
 
 # What reaches into a library's private or internal parts.
 PRIVATE = re.compile(r"keras\.src\b|ray\._private\b|\._internal\b|ray\.train\.v2\b|autoscaler\._private"
-                     r"|\._local_tuner\b|\._run_config\b|_inbound_nodes\b|experiment_driver_staging_path")
+                     r"|\._local_tuner\b|\._run_config\b|_inbound_nodes\b|experiment_driver_staging_path"
+                     r"|_ot_(trials|study)\b|_completed_trials\b|_get_max_pending_trials\b")
 
 
 def test_installed_ray_and_keras_are_the_versions_the_private_corners_were_checked_against():

@@ -89,8 +89,8 @@ def test_cross_field_rules():
 
 def test_scheduler_by_bare_name_and_unknown_type():
     assert validate_job_dict({"name": "x", "search": {"scheduler": "none"}}).search.scheduler.type == "none"
-    problems = problems_of({"name": "x", "search": {"scheduler": {"type": "pbt"}}})
-    assert "asha, hyperband, median, none" in problems["search.scheduler.type"]
+    problems = problems_of({"name": "x", "search": {"scheduler": {"type": "bohb"}}})
+    assert "asha, hyperband, median, pbt, none" in problems["search.scheduler.type"]
 
 
 def test_space_values_are_checked_against_their_field():

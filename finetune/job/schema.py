@@ -15,6 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from finetune import keras_names
 from finetune.job.names import name_problem
 
+# Full-batch optimizers that are not Keras optimizers: scipy.optimize.minimize over the flattened
+# trainable weights (finetune.full_batch).
+FULL_BATCH_OPTIMIZERS = ("cg", "lbfgs")
 EMBEDDED_DATASETS = ("digits", "breast_cancer", "wine", "iris", "diabetes")
 BUILTIN_MODELS = ("small_cnn", "mlp")
 
@@ -274,8 +277,12 @@ REGRESSION_METRICS = ("mean_absolute_error", "mae", "mean_squared_error", "mse",
 class TrainSpec(_Strict):
     epochs: int = Field(10, ge=1, description="epochs each trial trains at most")
     batch_size: int = Field(64, ge=1, description="global batch, divided among the workers")
-    optimizer: str = Field("adam", description="a Keras optimizer: adam, adamw, sgd, rmsprop, ...")
-    optimizer_args: dict[str, Any] = Field({}, description="the optimizer's own arguments, e.g. momentum")
+    optimizer: str = Field("adam", description=(
+        "a Keras optimizer name (adam, adamw, sgd, rmsprop, ...), or cg | lbfgs: full-batch conjugate gradient "
+        "or L-BFGS (scipy.optimize.minimize over the whole training split; data held in memory)"))
+    optimizer_args: dict[str, Any] = Field({}, description=(
+        "the optimizer's own arguments, e.g. momentum; for cg and lbfgs: iterations (per epoch, default 20), "
+        "gtol, and for lbfgs maxcor and ftol"))
     learning_rate: float = Field(1e-3, gt=0, description="the (peak) learning rate")
     learning_rate_schedule: Literal["constant", "cosine", "exponential", "step"] = Field(
         "constant", description="how the learning rate changes from epoch to epoch")
@@ -295,8 +302,9 @@ class TrainSpec(_Strict):
     @field_validator("optimizer")
     @classmethod
     def _known_optimizer(cls, name: str) -> str:
-        if name.lower() not in keras_names.OPTIMIZERS:
-            raise ValueError(keras_names.unknown_name_message("optimizer", name, keras_names.OPTIMIZERS))
+        if name.lower() not in keras_names.OPTIMIZERS + FULL_BATCH_OPTIMIZERS:
+            raise ValueError(keras_names.unknown_name_message("optimizer", name, keras_names.OPTIMIZERS)
+                             + f"; or a full-batch method: {', '.join(FULL_BATCH_OPTIMIZERS)}")
         return name.lower()
 
     @field_validator("optimizer_args")
@@ -359,6 +367,21 @@ class MedianScheduler(_Strict):
     min_samples_required: int = Field(3, ge=1, description="trials that must have reached an epoch before any stops there")
 
 
+class PbtScheduler(_Strict):
+    """Population-based training: every `perturbation_interval` epochs, a trial in the bottom
+    quantile copies the weights (checkpoint) and configuration of one in the top quantile and
+    perturbs the mutated entries (x0.8 or x1.2, or a fresh sample with `resample_probability`).
+    `search.num_samples` is the population."""
+
+    type: Literal["pbt"] = Field(description="pbt")
+    perturbation_interval: int = Field(2, ge=1, description="epochs between exploit/explore steps")
+    quantile_fraction: float = Field(0.25, gt=0, le=0.5, description="bottom and top fraction of the population")
+    resample_probability: float = Field(0.25, ge=0, le=1, description="chance a mutated value is drawn anew")
+    mutate: Optional[list[str]] = Field(None, description=(
+        "search.space entries PBT perturbs; default: every uniform, loguniform, quniform and randint entry "
+        "without `when`. Other entries are drawn once per trial and copied on exploit"))
+
+
 class NoScheduler(_Strict):
     """Every trial runs all its epochs."""
 
@@ -366,7 +389,7 @@ class NoScheduler(_Strict):
 
 
 Scheduler = Annotated[
-    Union[AshaScheduler, HyperbandScheduler, MedianScheduler, NoScheduler],
+    Union[AshaScheduler, HyperbandScheduler, MedianScheduler, PbtScheduler, NoScheduler],
     Field(discriminator="type"),
 ]
 
@@ -375,8 +398,14 @@ class SearchSpec(_Strict):
     metric: str = Field("val_accuracy", description="the reported metric that ranks trials, e.g. val_accuracy, val_loss")
     mode: Literal["max", "min"] = Field("max", description="max: higher metric is better; min: lower is better")
     num_samples: int = Field(1, ge=1, description="configurations sampled (each over the whole grid, if the space has grid entries)")
+    algorithm: Literal["random", "grid", "tpe"] = Field("random", description=(
+        "random: each trial samples the space (grid entries walked); grid: a space of grid entries only, "
+        "walked num_samples times; tpe: Optuna's TPE proposes each trial from the results so far"))
+    startup_trials: Optional[int] = Field(None, ge=1, description=(
+        "tpe: trials proposed at random before TPE models the results; default num_samples // 3, "
+        "between 3 and 10"))
     scheduler: Scheduler = Field(AshaScheduler(type="asha"), description=(
-        "what stops weak trials early: asha, hyperband, median or none (a name, or {type: ..., options})"))
+        "what stops weak trials early: asha, hyperband, median, pbt or none (a name, or {type: ..., options})"))
     space: dict[str, Any] = Field({}, description=(
         "dotted paths under model. or train. -> a domain (choice, grid, uniform, loguniform, randint, quniform) "
         "or a fixed value"))

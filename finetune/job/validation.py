@@ -14,7 +14,14 @@ from finetune import search_space
 from finetune.job.names import name_problem
 from finetune.errors import JobError, Problem
 from finetune.job.dotted import set_path
-from finetune.job.schema import REGRESSION_LOSSES, REGRESSION_METRICS, Job, reported_metrics, scheduler_types
+from finetune.job.schema import (
+    FULL_BATCH_OPTIMIZERS,
+    REGRESSION_LOSSES,
+    REGRESSION_METRICS,
+    Job,
+    reported_metrics,
+    scheduler_types,
+)
 
 
 def validate_job_dict(raw: dict, source: str = "<job>") -> Job:
@@ -29,6 +36,8 @@ def validate_job_dict(raw: dict, source: str = "<job>") -> Job:
     problems.extend(_space_problems(raw))
     if job is not None:
         problems.extend(_cross_field_problems(job))
+        problems.extend(_search_algorithm_problems(job))
+        problems.extend(_full_batch_problems(job))
     if problems:
         raise JobError(source, problems)
     return job
@@ -47,6 +56,78 @@ def _number_problems(value: Any, path: str = "") -> list[Problem]:
     if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**63:
         return [Problem(path, f"a number of {len(str(abs(value)))} digits", "expected a number that fits 64 bits")]
     return []
+def _search_algorithm_problems(job: Job) -> list[Problem]:
+    """What the search algorithm and a population-based scheduler can take from the space."""
+    problems = []
+    try:
+        domains = search_space.parse_space(job.search.space)
+    except ValueError:
+        return []  # malformed entries are reported with the space
+    algorithm = job.search.algorithm
+    for path, domain in domains.items():
+        where = f"search.space.{path}"
+        if algorithm == "tpe" and domain.kind == "grid":
+            problems.append(Problem(where, {"grid": list(domain.args[0])}, (
+                "expected no grid entries with search.algorithm tpe: TPE proposes each value from how earlier "
+                "trials scored and cannot walk a fixed grid; use choice, or search.algorithm random or grid")))
+        if algorithm == "grid" and domain.kind not in ("grid", "fixed"):
+            problems.append(Problem(where, {domain.kind: list(domain.args)}, (
+                "expected grid entries or fixed values with search.algorithm grid; use grid: [values], or "
+                "search.algorithm random (which walks grid entries and samples the rest)")))
+    scheduler = job.search.scheduler
+    if scheduler.type != "pbt":
+        return problems
+    if algorithm == "tpe":
+        problems.append(Problem("search.algorithm", "tpe", (
+            "expected random or grid with search.scheduler pbt: PBT changes a trial's configuration while it "
+            "runs, which a TPE study cannot record; use tpe with asha, hyperband, median or none")))
+    if job.executor == "ray_train":
+        problems.append(Problem("search.scheduler.type", "pbt", (
+            f"expected one worker per trial (executor in_trial) with pbt, not ray_train with "
+            f"{job.resources.num_workers} workers: each exploit restarts a trial from another trial's "
+            "checkpoint, but a Ray Train run resumes only from its own checkpoints, and each restart would pay "
+            "a Ray Train start-up; use resources.num_workers: 1 with pbt, or asha, hyperband or median with "
+            "ray_train")))
+    if scheduler.perturbation_interval >= job.train.epochs:
+        problems.append(Problem("search.scheduler.perturbation_interval", scheduler.perturbation_interval,
+                                f"expected fewer than train.epochs ({job.train.epochs}), so trials can exploit"))
+    for path in scheduler.mutate or []:
+        why = _not_mutable(path, domains)
+        if why:
+            problems.append(Problem("search.scheduler.mutate", path, why))
+    if scheduler.mutate is None and not search_space.pbt_mutations(job.search.space, None):
+        problems.append(Problem("search.scheduler.type", "pbt", (
+            "expected at least one uniform, loguniform, quniform or randint entry without `when` in "
+            "search.space for PBT to perturb, e.g. train.learning_rate: {loguniform: [1.0e-4, 1.0e-1]}")))
+    return problems
+
+
+def _not_mutable(path: str, domains: dict) -> str | None:
+    if path not in domains:
+        return f"expected an entry of search.space: {', '.join(domains) or '(the space is empty)'}"
+    if path == "train.epochs":
+        return "expected a field other than train.epochs: PBT's schedule counts epochs"
+    domain = domains[path]
+    if domain.kind not in search_space.MUTABLE_KINDS or domain.when:
+        return (f"expected a {', '.join(search_space.MUTABLE_KINDS)} entry without `when`: PBT perturbs numbers "
+                "by a factor and copies the rest from the trial it exploits")
+    return None
+
+
+def _full_batch_problems(job: Job) -> list[Problem]:
+    """cg and lbfgs need the whole training split at every iteration, and take their own arguments."""
+    from finetune import full_batch
+
+    problems = []
+    if full_batch.may_use_full_batch(job) and job.dataset.in_memory is False:
+        problems.append(Problem("train.optimizer", ", ".join(full_batch.full_batch_choices(job)), (
+            "expected dataset.in_memory auto or true with cg or lbfgs: a full-batch method computes the loss over "
+            "the whole training split at every iteration, which data streamed anew each epoch cannot give; use "
+            "a Keras optimizer such as adam for streaming data")))
+    if job.train.optimizer in FULL_BATCH_OPTIMIZERS:
+        for name, why in full_batch.argument_problems(job.train.optimizer, job.train.optimizer_args):
+            problems.append(Problem(f"train.optimizer_args.{name}", job.train.optimizer_args[name], why))
+    return problems
 
 
 def _cross_field_problems(job: Job) -> list[Problem]:
