@@ -161,7 +161,7 @@ def train_epochs(job: Job, config: dict, session, trainer: "EpochTrainer", start
         if first_step_at is None:
             first_step_at = trainer.first_step_done_at
             metrics["startup_seconds"] = first_step_at - config["trial_started_at"]
-            if checkpoint is not None:  # whose checkpoint this trial went on from: its own, or a PBT donor's
+            if start_epoch > 0:  # whose checkpoint this trial went on from: its own, or a PBT donor's
                 metrics["resumed_from_trial"], metrics["resumed_from_epoch"] = trainer.restored_from, start_epoch
         bad = [k for k in ("loss", "val_loss") if not math.isfinite(metrics[k])]
         if bad:

@@ -10,7 +10,9 @@ from __future__ import annotations
 import re
 
 MAX_NAME_LENGTH = 100
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+# The pattern the JSON Schema gives editors; name_problem says more (no '..', what was wrong).
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+_NAME = re.compile(NAME_PATTERN)
 
 
 def name_problem(value: object) -> str | None:

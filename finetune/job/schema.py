@@ -13,13 +13,16 @@ from typing import Annotated, Any, Literal, Optional, Union, get_args
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from finetune import keras_names
-from finetune.job.names import name_problem
+from finetune.job.names import MAX_NAME_LENGTH, NAME_PATTERN, name_problem
 
 # Full-batch optimizers that are not Keras optimizers: scipy.optimize.minimize over the flattened
 # trainable weights (finetune.full_batch).
 FULL_BATCH_OPTIMIZERS = ("cg", "lbfgs")
 EMBEDDED_DATASETS = ("digits", "breast_cancer", "wine", "iris", "diabetes")
 BUILTIN_MODELS = ("small_cnn", "mlp")
+
+# What editors check of a name as it is typed (finetune.job.names checks it on load).
+NAME_SCHEMA = {"pattern": NAME_PATTERN, "maxLength": MAX_NAME_LENGTH}
 
 
 class _Strict(BaseModel):
@@ -511,7 +514,7 @@ class PromoteSpec(_Strict):
 
 
 class Job(_Strict):
-    name: str = Field(description=(
+    name: str = Field(json_schema_extra=NAME_SCHEMA, description=(
         "names the run folder, <storage_path>/<name>/<run id>/, and the registry entry: letters, digits, "
         "'_', '-', '.'"))
     seed: int = Field(0, ge=0, le=2**32 - 1, description=(
@@ -528,7 +531,8 @@ class Job(_Strict):
     registry: Optional[RegistrySpec] = Field(None, description=(
         "the model registry: a folder or URI, or {path, encrypt, require_signature}; a job with this "
         "or promote: registers its best model as a new version"))
-    registry_name: Optional[str] = Field(None, description="the model's name in the registry (default: name)")
+    registry_name: Optional[str] = Field(None, json_schema_extra=NAME_SCHEMA,
+                                         description="the model's name in the registry (default: name)")
     promote: Optional[PromoteSpec] = Field(None, description=(
         "the champion/challenger gate run after the search (finetune nightly uses it with defaults)"))
 
