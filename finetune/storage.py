@@ -99,17 +99,18 @@ def make_new_dir(location: str) -> bool:
         return True
 
 
-def write_bytes(location: str, data: bytes) -> None:
+def write_bytes(location: str, data: bytes, mode: int = 0o666) -> None:
     """Write a whole file. A local file is written beside under a temporary name, flushed to disk
     and renamed into place, so that neither a reader nor a crash ever finds half a file under its
     name; object stores publish an object only once its upload is complete. A failed write leaves
     no temporary file behind; storage that refuses the write (full, read-only) raises a
-    StorageError naming `location`."""
+    StorageError naming `location`. `mode` (less the umask) is a local file's permissions: 0o600
+    for what only this user may read."""
     fs, path = filesystem(location)
     with _naming_refusals(location):
         fs.create_dir(posixpath.dirname(path), recursive=True)
         if isinstance(fs, pafs.LocalFileSystem):
-            with _local_temporary(path) as temporary:
+            with _local_temporary(path, mode) as temporary:
                 with open(temporary, "wb") as out:
                     out.write(data)
                     out.flush()
@@ -120,11 +121,12 @@ def write_bytes(location: str, data: bytes) -> None:
 
 
 @contextmanager
-def _local_temporary(path: str):
-    """A new temporary name beside `path` to write to, made with the process's umask as any new
-    file is; renamed to `path` when the block ends, removed if it raises (KeyboardInterrupt too)."""
+def _local_temporary(path: str, mode: int = 0o666):
+    """A new temporary name beside `path` to write to, made with `mode` less the process's umask
+    as any new file is; renamed to `path` when the block ends, removed if it raises
+    (KeyboardInterrupt too)."""
     temporary = os.path.join(os.path.dirname(path), f"{TEMPORARY_PREFIX}{secrets.token_hex(6)}-{os.path.basename(path)}")
-    os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode))
     try:
         yield temporary
         os.replace(temporary, path)

@@ -112,7 +112,8 @@ def export(store: ModelStore, text: str, directory: str, require_signature: bool
     model = store.read_file(info, MODEL_FILE, require_signature)
     classes = store.read_file(info, "classes.json", require_signature)
     os.makedirs(directory, exist_ok=True)
-    for file_name, data in ((MODEL_FILE, model), ("classes.json", classes)):
-        storage.write_bytes(os.path.join(os.path.abspath(directory), file_name), data)
+    # The decrypted model is readable by this user only, as the key that decrypted it is.
+    storage.write_bytes(os.path.join(os.path.abspath(directory), MODEL_FILE), model, mode=0o600)
+    storage.write_bytes(os.path.join(os.path.abspath(directory), "classes.json"), classes)
     print(f"exported {info.name} {info.version} to {os.path.abspath(directory)}: {MODEL_FILE}, classes.json", file=out)
     return 0
