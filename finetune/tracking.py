@@ -245,10 +245,28 @@ def make_mlflow_tracker(job: Job, run_dir: str):
                 self.client.set_tag(parent, "finetune.best_trial_run", best)
             if report_path and storage.is_local(report_path):
                 self.client.log_artifact(parent, report_path.removeprefix("file://"))
-            # The model registry (issue 11) is built apart; once it names versions and a champion,
-            # mirror them here: client.create_registered_model(name), client.create_model_version(name,
-            # source=f"runs:/{best}/model", run_id=best), client.set_registered_model_alias(name,
-            # "champion", version). Not done yet: there are no registry versions to mirror.
+            promotion = summary.get("promotion") or {}
+            if best and promotion.get("version") and best in self.runs.values():
+                self._mirror_registry(promotion, best)
             self.client.set_terminated(parent, status="FINISHED" if summary["status"] == "finished" else "FAILED")
+
+        def _mirror_registry(self, promotion: dict, best_run: str) -> None:
+            """The version the run registered, as a version of the MLflow registered model of the same
+            name (its source the best trial's model artifact, tagged with our version), and the alias
+            the gate moved, moved there too (MLflow's aliases, set_registered_model_alias). Our
+            registry stays the one that decides: MLflow numbers its versions itself, so
+            `finetune.version` says which of ours each is."""
+            from mlflow.exceptions import MlflowException
+
+            name = promotion["name"]
+            try:
+                self.client.create_registered_model(name, tags={"finetune.registry": str(promotion.get("registry"))})
+            except MlflowException as error:
+                if error.error_code != "RESOURCE_ALREADY_EXISTS":
+                    raise
+            mirrored = self.client.create_model_version(name, source=f"runs:/{best_run}/model", run_id=best_run, tags={
+                "finetune.version": promotion["version"], "finetune.decision": str(promotion.get("decision"))})
+            if promotion.get("promoted"):
+                self.client.set_registered_model_alias(name, job.promote.alias, mirrored.version)
 
     return MlflowTracker()

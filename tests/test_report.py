@@ -47,6 +47,7 @@ search:
     model.head.units: {{choice: [[16], [32]]}}
 resources: {{num_workers: 1}}
 tracking: {{mlflow: mlflow.db}}   # an SQLite file beside the job file
+promote: {{}}                      # registers v1 and, with no champion yet, makes it the champion
 """, "search.yaml")
     regression = write_job(root, f"""
 name: diabetes
@@ -201,7 +202,7 @@ def test_each_trial_wrote_its_scalars_and_hparams_for_tensorboard(runs):
         assert values["model.head.units"] == json.dumps(trial["config"]["model.head.units"])
 
 
-def test_each_trial_is_an_mlflow_run_under_the_search_with_the_best_model_as_an_artifact(runs):
+def test_each_trial_is_an_mlflow_run_under_the_search_with_the_best_model_as_an_artifact_and_the_champion(runs):
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=runs["mlflow"])
@@ -228,6 +229,14 @@ def test_each_trial_is_an_mlflow_run_under_the_search_with_the_best_model_as_an_
     best = trials[runs["search"]["best_trial_id"]]
     assert [a.path for a in client.list_artifacts(best.info.run_id, "model")] == ["model/model.keras"]
     assert parent.data.tags["finetune.best_trial_run"] == best.info.run_id
+
+    # The registry's new version and the champion alias the gate moved are mirrored in MLflow's
+    # model registry, pointing at the best trial's model.
+    promotion = runs["search"]["promotion"]
+    assert promotion["version"] == "v1" and promotion["promoted"]
+    champion = client.get_model_version_by_alias("tiny", "champion")
+    assert champion.run_id == best.info.run_id and champion.source == f"runs:/{best.info.run_id}/model"
+    assert champion.tags["finetune.version"] == "v1" and champion.tags["finetune.decision"] == "promoted"
 
 
 def test_the_workers_output_went_to_the_run_log_not_the_screen(runs):
