@@ -10,7 +10,6 @@ read, on the machine that submits).
 
 from __future__ import annotations
 
-import os
 import re
 import time
 from dataclasses import dataclass
@@ -121,10 +120,4 @@ def claim_run_dir(job, run_id: str) -> str | None:
     if not storage.is_local(run_dir):
         storage.make_dirs(run_dir)
         return run_dir
-    path = run_dir.removeprefix("file://")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    try:
-        os.mkdir(path)
-    except FileExistsError:
-        return None
-    return run_dir
+    return run_dir if storage.make_new_dir(run_dir) else None
