@@ -87,6 +87,7 @@ def test_a_run_whose_trials_all_fail_on_a_user_error_exits_2_with_the_reason_onc
     assert "No trial reported val_accuracy, so there are no learning curves." in report
 
 
+@pytest.mark.slow
 @pytest.mark.ray
 def test_a_killed_run_resumes_from_a_third_directory_and_finds_the_same_files(tmp_path):
     """A driver killed with every process it started (as a pod is): `finetune resume RUN` from

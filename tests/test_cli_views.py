@@ -17,6 +17,7 @@ pytestmark = pytest.mark.ray
 NOISE = ("Token authentication", "cuda", "absl", "oneDNN", "pid=", "WARNING", "Traceback")
 
 
+@pytest.mark.slow
 def test_on_a_terminal_the_live_view_refreshes_in_place_and_the_noise_goes_to_ray_log(tmp_path, tiny_job_text):
     write_job(tmp_path, tiny_job_text)
     env = {**os.environ, "TERM": "xterm-256color", "COLUMNS": "110", "LINES": "30"}

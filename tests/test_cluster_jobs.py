@@ -63,6 +63,7 @@ def test_plan_with_an_address_asks_that_cluster(ray_head):
     assert result.stderr == "" and ray_head.process.poll() is None
 
 
+@pytest.mark.slow
 def test_finetune_submit_nightly_runs_one_night_and_a_second_submission_follows_it(ray_head, tmp_path):
     """`finetune submit --nightly`: the driver on the cluster runs `finetune nightly` under the
     night's submission id and registers the night's model; a second submission that night (a

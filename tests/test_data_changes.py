@@ -60,6 +60,7 @@ resources: {resources}
     return job, str(source)
 
 
+@pytest.mark.slow
 def test_a_streaming_file_that_is_rewritten_ends_the_trial_naming_it(ray_session, tmp_path):
     """(What each kind of change reads as, tested on files alone: tests/test_data_messages.py.)"""
     job, source = streaming_job(tmp_path, workers=1)
@@ -72,6 +73,7 @@ def test_a_streaming_file_that_is_rewritten_ends_the_trial_naming_it(ray_session
     assert caught.value.exit_code == 2  # a user error: the trial was not retried
 
 
+@pytest.mark.slow
 def test_two_ray_train_workers_end_cleanly_when_their_file_disappears(ray_session, tmp_path):
     """Rank 0 finds the file gone before an epoch while rank 1 would wait for it in the epoch's
     first all-reduce: the run ends with the reason, it does not hang."""

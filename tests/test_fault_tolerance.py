@@ -44,6 +44,7 @@ def metrics_of(summary: dict) -> list[dict]:
     return pq.read_table(os.path.join(summary["run_dir"], "metrics.parquet")).to_pylist()
 
 
+@pytest.mark.slow
 def test_trials_spread_over_nodes_and_a_killed_trial_process_resumes(cluster, tmp_path):
     job = load_job(JOBS / "iris-csv.yaml", [f"storage_path={tmp_path}", "search.num_samples=4", "train.epochs=12",
                                             "search.scheduler=none"])
@@ -84,6 +85,7 @@ class RemoveNodeOnce:
         return _Callback()
 
 
+@pytest.mark.slow
 def test_a_lost_node_costs_at_most_the_epoch_in_progress(cluster, tmp_path):
     """A Ray Train trial whose rank-0 node dies mid-epoch: the workers restart on the surviving
     node from the last checkpoint, and the trial ends as an undisturbed one does."""
@@ -116,6 +118,7 @@ resources: {{num_workers: 2, cpus_per_worker: 0.5, max_failures: 3}}
     assert ray.is_initialized()
 
 
+@pytest.mark.slow
 def test_a_killed_driver_resumes_and_nothing_is_lost_or_run_twice(cluster, tmp_path):
     job_file = write_job(tmp_path, (JOBS / "iris-csv.yaml").read_text().replace("name: iris-csv", "name: killed")
                          .replace("../data/", f"{REPO / 'data'}/"))  # copied out of jobs/: its data path made absolute

@@ -13,6 +13,7 @@ from finetune.runner import run_job
 pytestmark = pytest.mark.ray
 
 
+@pytest.mark.slow
 def test_fine_tuned_beats_scratch_at_equal_epochs(ray_session, tmp_path):
     storage = f"storage_path={tmp_path / 'runs'}"
     pretrain = run_job(load_job(JOBS / "digits-pretrain.yaml", [storage]), out=io.StringIO())

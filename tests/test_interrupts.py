@@ -86,6 +86,7 @@ def check_finished(folder: Path) -> None:
         (t["trial_id"], e) for t in summary["trials"] for e in range(1, EPOCHS + 1))
 
 
+@pytest.mark.slow
 def test_ctrl_c_then_sigterm_stop_a_run_that_resumes_to_every_trial(tmp_path, tiny_job_text):
     job = job_file(tmp_path, tiny_job_text)
     code, out, err = signal_at(start("run", str(job)), "epoch 2/", (signal.SIGINT, True))
@@ -107,6 +108,7 @@ def test_ctrl_c_then_sigterm_stop_a_run_that_resumes_to_every_trial(tmp_path, ti
     check_finished(folder)
 
 
+@pytest.mark.slow
 def test_a_second_ctrl_c_stops_at_once_and_the_run_still_resumes(tmp_path, tiny_job_text):
     job = job_file(tmp_path, tiny_job_text)
     code, out, err = signal_at(start("run", str(job)), "epoch 2/", (signal.SIGINT, True), (signal.SIGINT, True))

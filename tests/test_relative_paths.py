@@ -77,7 +77,7 @@ def train_workers_created() -> int:
                if a.class_name == "RayTrainWorker")
 
 
-@pytest.mark.parametrize("executor", ["in_trial", "ray_train"])
+@pytest.mark.parametrize("executor", ["in_trial", pytest.param("ray_train", marks=pytest.mark.slow)])
 def test_relative_paths_from_another_directory_and_a_user_error_is_attempted_once(ray_session, tmp_path, monkeypatch,
                                                                                  executor):
     folder, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
@@ -115,6 +115,7 @@ def test_relative_paths_from_another_directory_and_a_user_error_is_attempted_onc
     assert recorded["storage_path"] == str(elsewhere / "runs")
 
 
+@pytest.mark.slow
 def test_a_relative_weights_file_and_image_folder_reach_the_trial(ray_session, tmp_path, monkeypatch):
     import shutil
 

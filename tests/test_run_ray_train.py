@@ -62,6 +62,7 @@ resources: {{num_workers: 2, cpus_per_worker: 1}}
     assert ray.available_resources().get("CPU", 0) == ray.cluster_resources()["CPU"]
 
 
+@pytest.mark.slow
 def test_streaming_data_is_sharded_by_ray_train_to_two_workers(ray_session, tmp_path):
     """in_memory: false: Ray Data reads the Parquet file every epoch and Ray Train splits it."""
     from conftest import REPO

@@ -163,6 +163,7 @@ def test_runs_of_one_job_started_in_the_same_second_get_their_own_folders(tmp_pa
     assert sorted(os.listdir(tmp_path / "same")) == sorted(os.path.basename(m) for m in made)
 
 
+@pytest.mark.slow
 @needs_mount
 @pytest.mark.ray
 def test_a_disk_that_fills_during_a_run_stops_it_naming_the_path_and_it_resumes(tmp_path, tiny_job_text):

@@ -34,6 +34,7 @@ resources: {{num_workers: 1, max_concurrent_trials: 1}}
 """
 
 
+@pytest.mark.slow
 def test_a_resumed_tpe_run_continues_its_study(ray_head, tmp_path):
     from optuna.trial import TrialState
 
