@@ -191,6 +191,13 @@ def max_pending_trials(search_alg) -> int:
     from ray.tune.execution.tune_controller import _get_max_pending_trials
 
     return _get_max_pending_trials(search_alg)
+def data_parallel_trainer():
+    """Ray Train v2's `DataParallelTrainer`, which `TensorflowTrainer` is with Ray's TensorFlow
+    backend config (ray/train/v2/tensorflow/tensorflow_trainer.py); we give it our own backend
+    (finetune.train_backend). `ray.train.DataParallelTrainer` still names the v1 class in 2.60."""
+    from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
+
+    return DataParallelTrainer
 
 
 # --- Keras ---------------------------------------------------------------------------------------
