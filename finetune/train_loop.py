@@ -187,6 +187,9 @@ def train_epochs(job: Job, config: dict, session, trainer: "EpochTrainer", start
 def configure_tensorflow(cpus: float) -> None:
     """Size TensorFlow's thread pools to the worker's CPUs, so workers sharing a node do not fight
     over cores. Only possible before TensorFlow starts; a reused process keeps its first setting."""
+    from finetune import _compat
+
+    _compat.import_keras_for_training()  # Keras, and TensorFlow with it, without what training never uses
     import tensorflow as tf
 
     threads = max(1, int(round(cpus)))
