@@ -191,9 +191,46 @@ def max_pending_trials(search_alg) -> int:
     from ray.tune.execution.tune_controller import _get_max_pending_trials
 
     return _get_max_pending_trials(search_alg)
+def data_parallel_trainer():
+    """Ray Train v2's `DataParallelTrainer`, which `TensorflowTrainer` is with Ray's TensorFlow
+    backend config (ray/train/v2/tensorflow/tensorflow_trainer.py); we give it our own backend
+    (finetune.train_backend). `ray.train.DataParallelTrainer` still names the v1 class in 2.60."""
+    from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
+
+    return DataParallelTrainer
 
 
 # --- Keras ---------------------------------------------------------------------------------------
+
+
+# Keras imports two libraries for features a training worker never uses, both optional there
+# (`except ImportError`): scikit-learn for its scikit-learn wrappers (keras/src/wrappers/fixes.py,
+# sklearn_wrapper.py) and matplotlib.pyplot for keras.visualization (keras/src/visualization/
+# plot_image_gallery.py). In a fresh process they are about 1.5 s of the 5.5 s of CPU that
+# `import keras` costs on this project's machine (python -X importtime; docs/benchmarks.md).
+KERAS_OPTIONAL_IMPORTS = ("sklearn", "matplotlib.pyplot")
+
+
+def import_keras_for_training():
+    """Keras, imported without its optional scikit-learn and matplotlib extras when this process
+    has not imported them yet. Only for processes that train (Ray Train workers, in-trial
+    trials); afterwards both import normally, but this process' keras.wrappers and
+    keras.visualization stay without them."""
+    import importlib
+    import sys
+
+    if "keras" in sys.modules or "tensorflow" in sys.modules:  # importing TensorFlow imports Keras
+        return importlib.import_module("keras")
+    blocked = [name for name in KERAS_OPTIONAL_IMPORTS if name not in sys.modules]
+    for name in blocked:
+        sys.modules[name] = None  # `import name` raises ImportError (the import system's rule)
+    try:
+        import keras
+    finally:
+        for name in blocked:
+            if sys.modules.get(name) is None:
+                del sys.modules[name]
+    return keras
 
 
 def call_outputs(layer):

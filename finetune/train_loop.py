@@ -35,6 +35,7 @@ from finetune.optimization import (
     learning_rate_at,
     per_example_metric,
 )
+from finetune.startup import StartupClock, process_started_at
 from finetune.train_step import make_eval_sums, make_train_steps
 
 MODEL_FILE = "model.keras"
@@ -120,15 +121,20 @@ def run_worker_loop(config: dict, session) -> None:
              "trial_started_at": float (time.time() when the trial started), and for TensorBoard
              "run_dir", "trial_id", "sampled" (the trial's sampled values)}
     """
+    clock = StartupClock(config["trial_started_at"], config.get("startup_marks"))
+    clock.mark("worker_process", process_started_at())
+    clock.mark("loop")
     job = Job.model_validate(config["job"])
     configure_tensorflow(job.resources.cpus_per_worker)
+    clock.mark("tensorflow")
     import ray
 
     data: LoadedData = ray.get(config["data"].ref)
+    clock.mark("data")
     shards = {name: session.dataset_shard(name) for name in ("train", "validation")} if data.streaming else {}
     trainer = EpochTrainer(job, data, seed=config["seed"], rank=session.world_rank,
                            world_size=session.world_size, shards=shards,
-                           trial=os.path.basename(config["trial_dir"].rstrip("/")))
+                           trial=os.path.basename(config["trial_dir"].rstrip("/")), clock=clock)
     start_epoch = 0
     checkpoint = session.latest_checkpoint()
     if checkpoint is not None:
@@ -158,11 +164,12 @@ def train_epochs(job: Job, config: dict, session, trainer: "EpochTrainer", start
     for epoch in range(start_epoch + 1, job.train.epochs + 1):
         metrics = trainer.train_epoch(epoch)
         metrics["node_id"] = node_id  # where rank 0 trained: trials spread over a cluster's nodes
-        if first_step_at is None:
-            first_step_at = trainer.first_step_done_at
+        if first_step_at is None:  # the first epoch of this process: where its start-up time went
+            first_step_at = trainer.clock.marks["first_step"]
             metrics["startup_seconds"] = first_step_at - config["trial_started_at"]
             if start_epoch > 0:  # whose checkpoint this trial went on from: its own, or a PBT donor's
                 metrics["resumed_from_trial"], metrics["resumed_from_epoch"] = trainer.restored_from, start_epoch
+            metrics.update(trainer.clock.relative())
         bad = [k for k in ("loss", "val_loss") if not math.isfinite(metrics[k])]
         if bad:
             # Every rank sees the same all-reduced loss and stops here; the trial reads the marker.
@@ -180,6 +187,9 @@ def train_epochs(job: Job, config: dict, session, trainer: "EpochTrainer", start
 def configure_tensorflow(cpus: float) -> None:
     """Size TensorFlow's thread pools to the worker's CPUs, so workers sharing a node do not fight
     over cores. Only possible before TensorFlow starts; a reused process keeps its first setting."""
+    from finetune import _compat
+
+    _compat.import_keras_for_training()  # Keras, and TensorFlow with it, without what training never uses
     import tensorflow as tf
 
     threads = max(1, int(round(cpus)))
@@ -213,7 +223,7 @@ class EpochTrainer:
     """Model, optimizer and compiled epoch functions for one trial on one worker."""
 
     def __init__(self, job: Job, data: LoadedData, seed: int, rank: int, world_size: int,
-                 shards: dict | None = None, trial: str | None = None):
+                 shards: dict | None = None, trial: str | None = None, clock: StartupClock | None = None):
         import keras
         import tensorflow as tf
 
@@ -222,8 +232,10 @@ class EpochTrainer:
         self.job, self.data, self.seed, self.rank, self.world_size = job, data, seed, rank, world_size
         self.trial = trial  # the trial id, recorded in checkpoints
         self.restored_from: str | None = None  # the trial whose checkpoint this one resumed from
+        self.clock = clock or StartupClock(time.time())
         self.spec = job.train  # the job's train: section
         self.strategy = create_strategy(world_size)
+        self.clock.mark("strategy")
         self.task = job.model.task
         self.encoding = label_encoding(job.train.loss, self.task)
         self.metric_names = list(job.train.metrics)
@@ -236,8 +248,8 @@ class EpochTrainer:
         with self.strategy.scope():
             self.model = create_model(job, data)
             self._new_optimizer()
-        self.first_step_done_at = None
         self._make_functions()
+        self.clock.mark("model")
         shards = shards or {}
         self.validation_batches = self._batches(data.validation, shards.get("validation"), shuffle=False)
         if self.full_batch:  # the minimizer holds this worker's rows of the training split itself
@@ -248,6 +260,7 @@ class EpochTrainer:
             # Each worker already holds its own shard: hand it to the strategy as is, no re-sharding.
             local = self.train_batches.dataset
             self.train_batches.dataset = self.strategy.distribute_datasets_from_function(lambda _: local)
+        self.clock.mark("pipeline")
         self._tf = tf
 
     def _new_optimizer(self) -> None:
@@ -357,8 +370,7 @@ class EpochTrainer:
         steps = self.train_batches.steps
         # The first step runs alone once, so the trial can report when training really began.
         totals = self._train_fn(iterator, tf.constant(1))
-        if self.first_step_done_at is None:
-            self.first_step_done_at = time.time()
+        self.clock.mark("first_step")
         if steps > 1:
             totals += self._train_fn(iterator, tf.constant(steps - 1))
         train_seconds = time.perf_counter() - started

@@ -53,11 +53,16 @@ TUNE_FOLDER = "tune"  # Tune's experiment folder inside a run folder
 
 
 def make_trainable(job: Job, run_dir: str, data: DataHandle):
-    """`run_trial` with the run's job, folder and data bound, and its resources."""
+    """`run_trial` with the run's job, folder and data bound, and its resources. Trials that run
+    Ray Train share one mailbox for their reports (finetune.train_to_tune)."""
     from ray import tune
 
+    from finetune.train_to_tune import open_mailbox
+
+    mailbox = open_mailbox() if job.executor == "ray_train" else None
     return tune.with_resources(
-        tune.with_parameters(run_trial, job_dict=job.model_dump(mode="json"), run_dir=run_dir, data=data),
+        tune.with_parameters(run_trial, job_dict=job.model_dump(mode="json"), run_dir=run_dir, data=data,
+                             mailbox=mailbox),
         trial_resources(job),
     )
 

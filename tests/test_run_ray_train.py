@@ -11,6 +11,7 @@ import pytest
 from conftest import write_job
 
 from finetune.job import load_job
+from finetune.startup import PHASES
 from finetune.runner import run_job
 
 pytestmark = pytest.mark.ray
@@ -50,6 +51,13 @@ resources: {{num_workers: 2, cpus_per_worker: 1}}
     # After every epoch, both workers held exactly the same weights.
     rows = pq.read_table(os.path.join(summary["run_dir"], "metrics.parquet")).to_pylist()
     assert rows and all(r["replica_weight_spread"] == 0.0 for r in rows)
+
+    # Each trial's first epoch says where its start-up went (finetune.startup), in the order the
+    # phases happen, from marks the trial, controller and worker processes wrote themselves.
+    for row in (r for r in rows if r["epoch"] == 1):
+        marks = [row[f"startup.{phase}"] for phase in PHASES if phase != "trial_process"]
+        assert None not in marks and marks == sorted(marks) and marks[0] >= 0, row
+        assert row["startup.first_step"] == pytest.approx(row["startup_seconds"], abs=0.01)
 
     # Every trial's Train workers and placement groups are gone.
     leftover = [pg for pg in placement_group_table().values() if pg["state"] != "REMOVED"]
