@@ -76,22 +76,23 @@ def first_epochs(run_dir: Path) -> list[dict]:
 
 
 def phase_table(rows: list[dict]) -> list[str]:
+    """The median of each mark, and of the step from the mark of the work before it (process
+    starts are points in time and may come before the trial, for a process Ray started early)."""
     lines = ["| phase | median mark (s after trial start) | median step (s) | what the step is |",
              "|---|---:|---:|---|"]
-    previous = None
+    previous = None  # the trial's start
     for phase in PHASES:
-        marks = [r.get(f"startup.{phase}") for r in rows]
-        marks = [m for m in marks if m is not None]
+        marks = [r[f"startup.{phase}"] for r in rows if r.get(f"startup.{phase}") is not None]
         if not marks:
             continue
-        if previous is None:
-            step = "" if phase == "trial_process" else f"{statistics.median(marks):.2f}"
+        if phase == "trial_process":
+            step = ""
         else:
-            steps = [r[f"startup.{phase}"] - r[f"startup.{previous}"] for r in rows
-                     if r.get(f"startup.{phase}") is not None and r.get(f"startup.{previous}") is not None]
+            steps = [r[f"startup.{phase}"] - (r[f"startup.{previous}"] if previous else 0.0) for r in rows
+                     if r.get(f"startup.{phase}") is not None and (not previous or r.get(f"startup.{previous}") is not None)]
             step = f"{statistics.median(steps):.2f}"
+            previous = phase
         lines.append(f"| {phase} | {statistics.median(marks):.2f} | {step} | {STEPS[phase]} |")
-        previous = phase
     return lines
 
 
