@@ -233,6 +233,15 @@ def import_keras_for_training():
     return keras
 
 
+def keras_optional_imports_kept_out() -> bool:
+    """Whether this process' Keras was imported without scikit-learn and matplotlib.pyplot (for the
+    test of import_keras_for_training: the modules that hold them are Keras' own)."""
+    import keras.src.visualization.plot_image_gallery as gallery
+    import keras.src.wrappers.fixes as fixes
+
+    return fixes.sklearn is None and gallery.plt is None
+
+
 def call_outputs(layer):
     """A nested model's output where the outer model calls it: its last inbound node. `.output` of
     a sub-model is its own graph's; Keras 3 has no public accessor for the call
