@@ -382,8 +382,7 @@ class EpochTrainer:
         """One epoch of cg or lbfgs: `iterations` iterations over the whole training split."""
         started = time.perf_counter()
         totals, counts = self._minimizer.run_epoch()
-        if self.first_step_done_at is None:
-            self.first_step_done_at = self._minimizer.first_evaluation_at
+        self.clock.mark("first_step", self._minimizer.first_evaluation_at)  # its first function evaluation
         metrics = self._epoch_metrics(epoch, totals, started, time.perf_counter() - started)
         metrics.update(counts)  # iterations and function evaluations of scipy.optimize.minimize
         return metrics

@@ -37,6 +37,7 @@ def test_ray_job_submit_runs_the_job_on_the_cluster(ray_head, tmp_path):
     assert summary["cluster"]["started_here"] is False and summary["cluster"]["cpus"] == 2
 
 
+@pytest.mark.slow
 def test_finetune_submit_follows_the_logs_and_refuses_a_duplicate_id(ray_head, tmp_path):
     runs = tmp_path / "runs"
     command = [sys.executable, "-m", "finetune", "submit", "jobs/wine-arrow.yaml", "--address", ray_head.dashboard,

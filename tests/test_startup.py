@@ -13,12 +13,14 @@ from finetune.startup import PHASES, StartupClock, process_started_at
 
 
 def test_a_process_start_comes_from_proc_and_precedes_now():
-    started = process_started_at()
-    assert started is not None and time.time() - 600 < started <= time.time()
+    started = process_started_at()  # this test process: started before the test, maybe long before
+    assert started is not None and started <= time.time()
+    before = time.time()
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(5)"])
     try:
         child_started = process_started_at(child.pid)
-        assert child_started is not None and started <= child_started <= time.time() + 0.05
+        # /proc counts in clock ticks (1/100 s) from a boot time in whole seconds
+        assert child_started is not None and started <= child_started and abs(child_started - before) < 2
     finally:
         child.kill()
         child.wait()
