@@ -8,7 +8,7 @@ trial started), so `metrics.parquet` shows, trial by trial, what the first step 
 Phases, in the order a `ray_train` trial meets them (an `in_trial` trial has the worker's only):
 
 - trial_process: the Tune trial's process was started (before the trial: a reused or warm process)
-- fit: the trial called `TensorflowTrainer.fit()`
+- fit: the trial called the Ray Train trainer's `fit()`
 - controller_process: the Train controller's process was started
 - worker_process: rank 0's process was started
 - loop: the training function began on rank 0 (after the worker group and TF_CONFIG set-up)

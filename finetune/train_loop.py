@@ -96,7 +96,7 @@ class TuneTrialSession:
 
 
 def train_worker(config: dict) -> None:
-    """Entry point for `TensorflowTrainer(train_loop_per_worker=train_worker)`. A user error (the
+    """Entry point of a trial's Ray Train workers (`train_loop_per_worker=train_worker`). A user error (the
     same on every worker: a missing file, a layer the base lacks) is recorded and the run ends, so
     that Ray Train does not restart the workers to meet it again."""
     if read_failure(config["trial_dir"]) is not None:
@@ -160,13 +160,11 @@ def trial_board(job: Job, config: dict, rank: int):
 
 def train_epochs(job: Job, config: dict, session, trainer: "EpochTrainer", start_epoch: int, node_id: str,
                  board) -> None:
-    first_step_at = None
     for epoch in range(start_epoch + 1, job.train.epochs + 1):
         metrics = trainer.train_epoch(epoch)
         metrics["node_id"] = node_id  # where rank 0 trained: trials spread over a cluster's nodes
-        if first_step_at is None:  # the first epoch of this process: where its start-up time went
-            first_step_at = trainer.clock.marks["first_step"]
-            metrics["startup_seconds"] = first_step_at - config["trial_started_at"]
+        if epoch == start_epoch + 1:  # the first epoch of this process: where its start-up time went
+            metrics["startup_seconds"] = trainer.clock.marks["first_step"] - config["trial_started_at"]
             if start_epoch > 0:  # whose checkpoint this trial went on from: its own, or a PBT donor's
                 metrics["resumed_from_trial"], metrics["resumed_from_epoch"] = trainer.restored_from, start_epoch
             metrics.update(trainer.clock.relative())

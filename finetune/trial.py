@@ -1,7 +1,7 @@
 """What one trial does: train one sampled configuration, reporting every epoch to Tune.
 
-With `ray_train` the trial starts a Ray Train `TensorflowTrainer` whose workers run
-`train_loop.train_worker`; with `in_trial` (one worker) it runs the very same loop in its own
+With `ray_train` the trial starts a Ray Train data-parallel run (our TF_CONFIG backend,
+`finetune.train_backend`) whose workers run `train_loop.train_worker`; with `in_trial` (one worker) it runs the very same loop in its own
 process, which Tune reuses from trial to trial so TensorFlow is imported once.
 """
 
