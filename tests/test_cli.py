@@ -160,3 +160,32 @@ def test_a_missing_model_file_is_refused_by_validate_and_run_before_ray_starts(t
         assert f"model.base: got '{folder / 'base.keras'}'; expected an existing file" in result.stderr
         assert "Traceback" not in result.stderr and "Ray" not in result.stderr
     assert not (folder / "out").exists() and not (elsewhere / "runs").exists()
+
+
+def test_the_command_ends_as_python_would_without_native_teardown(tmp_path):
+    """`end_process` (the pyarrow exit-abort workaround, apache/arrow#34314) keeps what a normal
+    exit promises: the exit code, non-daemon threads finished, atexit handlers run, and piped
+    output flushed, here into a file."""
+    script = (
+        "import atexit, sys, threading, time\n"
+        "from finetune.cli import end_process\n"
+        "atexit.register(lambda: print('atexit ran', end=''))\n"
+        "threading.Thread(target=lambda: (time.sleep(0.5), print('thread done', end=' ')), daemon=False).start()\n"
+        "print('buffered', end=' ')\n"
+        "sys.stderr.write('to stderr')\n"
+        "end_process(3)\n"
+    )
+    out, err = tmp_path / "out", tmp_path / "err"
+    with out.open("w") as stdout, err.open("w") as stderr:
+        code = subprocess.run([sys.executable, "-c", script], stdout=stdout, stderr=stderr, cwd=REPO).returncode
+    assert code == 3
+    assert out.read_text() == "buffered thread done atexit ran"
+    assert err.read_text() == "to stderr"
+
+
+def test_the_installed_command_and_python_m_share_the_exit_path():
+    import tomllib
+
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["finetune"] == "finetune.cli:entry"
+    assert "entry()" in (REPO / "finetune" / "__main__.py").read_text()
