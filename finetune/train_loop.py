@@ -15,8 +15,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import contextlib
 import os
 import tempfile
+import threading
 import time
 
 import numpy as np
@@ -161,25 +163,32 @@ def trial_board(job: Job, config: dict, rank: int):
 def train_epochs(job: Job, config: dict, session, trainer: "EpochTrainer", start_epoch: int, node_id: str,
                  board) -> None:
     for epoch in range(start_epoch + 1, job.train.epochs + 1):
-        metrics = trainer.train_epoch(epoch)
-        metrics["node_id"] = node_id  # where rank 0 trained: trials spread over a cluster's nodes
-        if epoch == start_epoch + 1:  # the first epoch of this process: where its start-up time went
-            metrics["startup_seconds"] = trainer.clock.marks["first_step"] - config["trial_started_at"]
-            if start_epoch > 0:  # whose checkpoint this trial went on from: its own, or a PBT donor's
-                metrics["resumed_from_trial"], metrics["resumed_from_epoch"] = trainer.restored_from, start_epoch
-            metrics.update(trainer.clock.relative())
-        bad = [k for k in ("loss", "val_loss") if not math.isfinite(metrics[k])]
-        if bad:
-            # Every rank sees the same all-reduced loss and stops here; the trial reads the marker.
-            if session.world_rank == 0:
-                record_failure(config["trial_dir"], f"{bad[0]} became {metrics[bad[0]]} at epoch {epoch}",
-                               NON_FINITE, epoch=epoch, metrics=metrics)
-            return
-        if board is not None:
-            board.epoch(epoch, metrics)
         with tempfile.TemporaryDirectory(prefix="finetune-ckpt-") as directory:
-            saved = trainer.save(directory, epoch) if session.world_rank == 0 else None
-            session.report(metrics, saved)
+            checkpoint_dir = directory if session.world_rank == 0 else None  # rank 0 alone writes it
+            metrics = trainer.train_epoch(epoch, checkpoint_dir)
+            metrics["node_id"] = node_id  # where rank 0 trained: trials spread over a cluster's nodes
+            if epoch == start_epoch + 1:  # the first epoch of this process: where its start-up time went
+                metrics.update(first_epoch_figures(config, trainer, start_epoch))
+            bad = [k for k in ("loss", "val_loss") if not math.isfinite(metrics[k])]
+            if bad:
+                # Every rank sees the same all-reduced loss and stops here; the trial reads the marker.
+                if session.world_rank == 0:
+                    record_failure(config["trial_dir"], f"{bad[0]} became {metrics[bad[0]]} at epoch {epoch}",
+                                   NON_FINITE, epoch=epoch, metrics=metrics)
+                return
+            if board is not None:
+                board.epoch(epoch, metrics)
+            session.report(metrics, checkpoint_dir)
+
+
+def first_epoch_figures(config: dict, trainer: "EpochTrainer", start_epoch: int) -> dict:
+    """Start-up time of this process (trial start to first step, and per phase), and whose
+    checkpoint the trial went on from: its own, or a PBT donor's."""
+    figures = {"startup_seconds": trainer.clock.marks["first_step"] - config["trial_started_at"]}
+    if start_epoch > 0:
+        figures["resumed_from_trial"], figures["resumed_from_epoch"] = trainer.restored_from, start_epoch
+    figures.update(trainer.clock.relative())
+    return figures
 
 
 def configure_tensorflow(cpus: float) -> None:
@@ -334,14 +343,15 @@ class EpochTrainer:
 
     # -- one epoch --
 
-    def train_epoch(self, epoch: int) -> dict:
-        """One epoch's training and validation, and its metrics. Streaming files that disappeared
-        or changed since the run started stop it with a DataChanged naming the file, checked by
-        rank 0 before the epoch and by every worker when the epoch fails."""
+    def train_epoch(self, epoch: int, checkpoint_dir: str | None = None) -> dict:
+        """One epoch's training and validation, and its metrics; with `checkpoint_dir`, the
+        checkpoint of the epoch's weights written there while the epoch validates. Streaming files
+        that disappeared or changed since the run started stop it with a DataChanged naming the
+        file, checked by rank 0 before the epoch and by every worker when the epoch fails."""
         if self.rank == 0:
             self._check_data_unchanged()
         try:
-            return self._train_epoch(epoch)
+            return self._train_epoch(epoch, checkpoint_dir)
         except Exception:
             self._check_data_unchanged()
             raise
@@ -354,13 +364,13 @@ class EpochTrainer:
                 "again every epoch, so they must stay as they are until it ends: put the file back as it was, or "
                 "start a new run on the new data.")
 
-    def _train_epoch(self, epoch: int) -> dict:
+    def _train_epoch(self, epoch: int, checkpoint_dir: str | None) -> dict:
         tf = self._tf
         fine_tune = self.spec.fine_tune
         if fine_tune and self.phase == 1 and epoch > fine_tune.after_epoch:
             self._enter_phase_two()
         if self.full_batch:
-            return self._full_batch_epoch(epoch)
+            return self._full_batch_epoch(epoch, checkpoint_dir)
         learning_rate = learning_rate_at(self.spec, epoch, self._phase_scale())
         self.optimizer.learning_rate = learning_rate
         started = time.perf_counter()
@@ -372,24 +382,26 @@ class EpochTrainer:
         if steps > 1:
             totals += self._train_fn(iterator, tf.constant(steps - 1))
         train_seconds = time.perf_counter() - started
-        metrics = self._epoch_metrics(epoch, totals.numpy(), started, train_seconds)
+        metrics = self._epoch_metrics(epoch, totals.numpy(), started, train_seconds, checkpoint_dir)
         metrics["learning_rate"] = learning_rate
         return metrics
 
-    def _full_batch_epoch(self, epoch: int) -> dict:
+    def _full_batch_epoch(self, epoch: int, checkpoint_dir: str | None) -> dict:
         """One epoch of cg or lbfgs: `iterations` iterations over the whole training split."""
         started = time.perf_counter()
         totals, counts = self._minimizer.run_epoch()
         self.clock.mark("first_step", self._minimizer.first_evaluation_at)  # its first function evaluation
-        metrics = self._epoch_metrics(epoch, totals, started, time.perf_counter() - started)
+        metrics = self._epoch_metrics(epoch, totals, started, time.perf_counter() - started, checkpoint_dir)
         metrics.update(counts)  # iterations and function evaluations of scipy.optimize.minimize
         return metrics
 
-    def _epoch_metrics(self, epoch: int, totals: np.ndarray, started: float, train_seconds: float) -> dict:
-        """Training sums of the epoch, then validation, parameter counts and timings."""
+    def _epoch_metrics(self, epoch: int, totals: np.ndarray, started: float, train_seconds: float,
+                       checkpoint_dir: str | None) -> dict:
+        """Training sums of the epoch, then validation (and the checkpoint), parameter counts and timings."""
         from finetune.models import parameter_counts
 
-        validation_totals = self._all_reduce(self._eval_fn(self.validation_batches.dataset))
+        with self._saving_meanwhile(checkpoint_dir, epoch):
+            validation_totals = self._all_reduce(self._eval_fn(self.validation_batches.dataset))
         metrics = {"epoch": epoch}
         metrics.update(self._means(totals, prefix=""))
         metrics.update(self._means(validation_totals.numpy(), prefix="val_"))
@@ -418,6 +430,36 @@ class EpochTrainer:
         return float(gathered.max() - gathered.min())
 
     # -- checkpoints --
+
+    @contextlib.contextmanager
+    def _saving_meanwhile(self, directory: str | None, epoch: int):
+        """Write the epoch's checkpoint (when train_epoch was given a folder) in a thread while the
+        body runs. Validation only reads the weights, so the file holds exactly the weights the
+        epoch's metrics describe, and the report still waits for it: a restarted trial loses at
+        most the epoch in progress. Measured on the reference model (docs/benchmarks.md, figure
+        1), the `.keras` write was most of what a trial's epoch cost beyond a `fit` epoch; TensorFlow
+        runs validation outside the GIL, so the two share the cores. The report itself stays on
+        the training path: Tune's answer to it (go on, or stop this trial) decides whether the
+        next epoch runs at all."""
+        if directory is None:
+            yield
+            return
+        failure: list[BaseException] = []
+
+        def save() -> None:
+            try:
+                self.save(directory, epoch)
+            except BaseException as error:  # re-raised on the training thread below
+                failure.append(error)
+
+        writer = threading.Thread(target=save, name="finetune-checkpoint", daemon=True)
+        writer.start()
+        try:
+            yield
+        finally:
+            writer.join()
+        if failure:
+            raise failure[0]
 
     def save(self, directory: str, epoch: int) -> str:
         self.model.save(os.path.join(directory, MODEL_FILE))

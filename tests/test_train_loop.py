@@ -58,6 +58,37 @@ def test_checkpoint_restores_weights_optimizer_and_epoch(digits, tmp_path):
     assert math.isfinite(resumed.train_epoch(2)["loss"])
 
 
+def test_the_checkpoint_written_while_the_epoch_validates_is_the_epochs_own(digits, tmp_path):
+    """train_epoch(epoch, folder) writes the checkpoint in a thread during validation: it must hold
+    the same weights and optimizer state as a save after the epoch, and trials resumed from either
+    must go on the same."""
+    job = make_job(train={"epochs": 3})
+    trainer = EpochTrainer(job, digits, seed=0, rank=0, world_size=1)
+    overlapped, after = tmp_path / "during", tmp_path / "after"
+    overlapped.mkdir(), after.mkdir()
+    trainer.train_epoch(1, str(overlapped))
+    trainer.save(str(after), epoch=1)
+    restored = []
+    for folder in (overlapped, after):
+        resumed = EpochTrainer(job, digits, seed=0, rank=0, world_size=1)
+        assert resumed.restore(str(folder)) == 1
+        restored.append(resumed)
+    for a, b in zip(restored[0].model.get_weights(), restored[1].model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(restored[0].optimizer.variables, restored[1].optimizer.variables):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    going_on = [trainer.train_epoch(2) for trainer in restored]
+    assert going_on[0]["loss"] == pytest.approx(going_on[1]["loss"], rel=1e-6)
+    assert going_on[0]["val_loss"] == pytest.approx(going_on[1]["val_loss"], rel=1e-6)
+
+
+def test_a_checkpoint_that_cannot_be_written_fails_the_epoch(digits, tmp_path):
+    job = make_job(train={"epochs": 1})
+    trainer = EpochTrainer(job, digits, seed=0, rank=0, world_size=1)
+    with pytest.raises(OSError):
+        trainer.train_epoch(1, str(tmp_path / "no" / "such" / "folder"))
+
+
 @pytest.mark.parametrize("loss", ["binary_crossentropy", "categorical_crossentropy"])
 def test_label_encodings_follow_the_loss(loss):
     data = load_data(make_job(dataset={"source": "sklearn:breast_cancer"}).dataset, seed=0)
