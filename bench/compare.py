@@ -30,11 +30,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import psutil
+from peak_memory import PeakPss
 
 REPO = Path(__file__).resolve().parent.parent
 SEARCH_JOB = REPO / "bench" / "digits-search.yaml"
@@ -49,33 +49,12 @@ def run(command: list[str], sample_memory: bool = False) -> tuple[float, str, fl
     started = time.perf_counter()
     process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                text=True)
-    peak = [0.0]
-    if sample_memory:
-        threading.Thread(target=_sample_pss, args=(process.pid, peak), daemon=True).start()
+    memory = PeakPss(process.pid) if sample_memory else None
     stdout, _ = process.communicate()
     wall = time.perf_counter() - started
     if process.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed ({process.returncode}):\n{stdout[-3000:]}")
-    return wall, stdout, peak[0]
-
-
-def _sample_pss(pid: int, peak: list[float]) -> None:
-    """Peak of the summed PSS of a process tree. Ray's processes are the driver's descendants
-    (a local Ray started by ray.init); PSS splits shared pages among their users, so the sum does
-    not count shared libraries once per process."""
-    try:
-        root = psutil.Process(pid)
-    except psutil.NoSuchProcess:
-        return
-    while root.is_running() and root.status() != psutil.STATUS_ZOMBIE:
-        total = 0
-        for process in [root, *root.children(recursive=True)]:
-            try:
-                total += process.memory_full_info().pss
-            except (psutil.NoSuchProcess, psutil.AccessDenied):
-                pass
-        peak[0] = max(peak[0], total)
-        time.sleep(0.25)
+    return wall, stdout, memory.peak if memory else 0.0
 
 
 def summary_of(stdout: str) -> dict:

@@ -11,7 +11,10 @@ each mark over the trials, the step between marks, and what it names.
 
 With `--baseline DIR` (a git worktree of an older commit: `git worktree add /tmp/old 172686f`)
 the same job runs on that code too, alternating old, new, old, new..., and the table compares the
-wall time of the whole command and the median `startup_seconds`.
+wall time of the whole command, the median `startup_seconds`, the best validation accuracy and
+the peak memory (PSS summed over the command and every process it started: driver, Ray, trials,
+Train workers). `--as-is` runs jobs/digits.yaml unchanged (12 trials, ASHA, 9 epochs): the
+README's first command.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
+from peak_memory import PeakPss
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -49,21 +53,26 @@ STEPS = {
 }
 
 
-def run_job(tree: Path, storage: str, trials: int, epochs: int) -> tuple[float, Path]:
-    """(wall seconds, run folder) of one `finetune run` of jobs/digits.yaml on the code in `tree`."""
+def run_job(tree: Path, storage: str, trials: int, epochs: int, as_is: bool) -> tuple[float, float, dict]:
+    """(wall seconds, peak PSS bytes, summary) of one `finetune run` of jobs/digits.yaml on the
+    code in `tree`."""
     env = {**os.environ, "PYTHONPATH": str(tree), "RAY_AUTH_MODE": "disabled"}
     env.pop("RAY_ADDRESS", None)
     command = [sys.executable, "-m", "finetune", "run", str(tree / "jobs" / "digits.yaml"),
-               "--set", f"storage_path={storage}", "--set", f"search.num_samples={trials}",
-               "--set", "search.scheduler=none", "--set", f"train.epochs={epochs}"]
+               "--set", f"storage_path={storage}"]
+    if not as_is:
+        command += ["--set", f"search.num_samples={trials}", "--set", "search.scheduler=none",
+                    "--set", f"train.epochs={epochs}"]
     started = time.perf_counter()
-    result = subprocess.run(command, cwd=storage, env=env, capture_output=True, text=True)
+    process = subprocess.Popen(command, cwd=storage, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    memory = PeakPss(process.pid)
+    stdout, stderr = process.communicate()
     wall = time.perf_counter() - started
-    if result.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout[-3000:]}"
-                           f"\n{result.stderr[-3000:]}")
-    line = next(line for line in reversed(result.stdout.splitlines()) if line.startswith("summary: "))
-    return wall, Path(json.loads(Path(line.removeprefix("summary: ")).read_text())["run_dir"])
+    if process.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed ({process.returncode}):\n{stdout[-3000:]}\n{stderr[-3000:]}")
+    line = next(line for line in reversed(stdout.splitlines()) if line.startswith("summary: "))
+    return wall, memory.peak, json.loads(Path(line.removeprefix("summary: ")).read_text())
 
 
 def first_epochs(run_dir: Path) -> list[dict]:
@@ -102,32 +111,40 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--pairs", type=int, default=1, help="runs of each code (alternating)")
     parser.add_argument("--baseline", type=Path, help="a checkout of older code to compare with")
+    parser.add_argument("--as-is", action="store_true", help="jobs/digits.yaml unchanged: 12 trials, ASHA")
     args = parser.parse_args()
     trees = {"this code": REPO}
     if args.baseline:
         trees = {"baseline": args.baseline.resolve(), **trees}
     walls: dict[str, list[float]] = {name: [] for name in trees}
     startups: dict[str, list[float]] = {name: [] for name in trees}
+    peaks: dict[str, list[float]] = {name: [] for name in trees}
+    accuracies: dict[str, list[float]] = {name: [] for name in trees}
     phases: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="bench-startup-") as storage:
         for _ in range(args.pairs):
             for name, tree in trees.items():
-                wall, run_dir = run_job(tree, storage, args.trials, args.epochs)
-                rows = first_epochs(run_dir)
+                wall, peak, summary = run_job(tree, storage, args.trials, args.epochs, args.as_is)
+                rows = first_epochs(Path(summary["run_dir"]))
                 walls[name].append(wall)
+                peaks[name].append(peak)
+                accuracies[name].append(summary["best_metrics"]["val_accuracy"])
                 startups[name].extend(r["startup_seconds"] for r in rows)
                 if tree == REPO:
                     phases.extend(rows)
     cores = os.cpu_count()
-    print(f"Machine: {platform.machine()}, {cores} cores, Python {platform.python_version()}; "
-          f"{args.trials} trials x {args.epochs} epochs of jobs/digits.yaml (2 Ray Train workers), "
-          f"{args.pairs} run(s) of each code\n")
-    print("| code | whole command (s, median) | trial start to first step (s, median, min-max) |")
-    print("|---|---:|---:|")
+    what = "jobs/digits.yaml as it is (12 trials, ASHA, up to 9 epochs)" if args.as_is else \
+        f"{args.trials} trials x {args.epochs} epochs of jobs/digits.yaml, no early stopping"
+    print(f"Machine: {platform.machine()}, {cores} cores, Python {platform.python_version()}; {what} "
+          f"(2 Ray Train workers a trial), {args.pairs} run(s) of each code\n")
+    print("| code | whole command (s, median) | trial start to first step (s, median, min-max) "
+          "| best val_accuracy (median) | peak PSS, all processes (GiB, max) |")
+    print("|---|---:|---:|---:|---:|")
     for name in trees:
         values = startups[name]
         print(f"| {name} | {statistics.median(walls[name]):.1f} | {statistics.median(values):.1f} "
-              f"({min(values):.1f}-{max(values):.1f}) |")
+              f"({min(values):.1f}-{max(values):.1f}) | {statistics.median(accuracies[name]):.4f} "
+              f"| {max(peaks[name]) / 2**30:.2f} |")
     if args.baseline:
         ratio = statistics.median(walls["this code"]) / statistics.median(walls["baseline"])
         print(f"\nthis code / baseline, whole command: {ratio:.2f}x")
