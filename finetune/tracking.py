@@ -120,6 +120,31 @@ def mlflow_uri(value: str) -> str:
     return f"sqlite:///{os.path.abspath(value)}"
 
 
+def mirror_alias(uri: str, name: str, alias: str, version: str) -> str:
+    """Point MLflow's alias `alias` of the registered model `name` at the MLflow version that
+    mirrors our `version` (tagged finetune.version when the run registered it), as `finetune
+    models promote|rollback` just moved ours. Our registry stays the one that decides, so a mirror
+    that cannot follow is said, not raised. Returns one line for the user."""
+    try:
+        from mlflow.exceptions import MlflowException
+        from mlflow.tracking import MlflowClient
+    except ImportError:
+        return (f"warning: MLflow's {name}@{alias} not moved: the version's job tracks to MLflow ({uri}) but mlflow "
+                "is not installed here; pip install 'finetune[mlflow]' and promote again to mirror it.")
+    client = MlflowClient(tracking_uri=mlflow_uri(uri))
+    try:
+        mirrored = [v for v in client.search_model_versions(f"name = '{name}'")
+                    if v.tags.get("finetune.version") == version]
+        if not mirrored:
+            return (f"warning: MLflow's {name}@{alias} not moved: {uri} has no version of {name} tagged "
+                    f"finetune.version={version} (its run did not mirror it).")
+        target = max(mirrored, key=lambda v: int(v.version))
+        client.set_registered_model_alias(name, alias, target.version)
+    except MlflowException as error:
+        return f"warning: MLflow's {name}@{alias} not moved: {error.message}"
+    return f"MLflow: {name}@{alias} -> MLflow version {target.version} (ours {version})"
+
+
 def artifact_location(uri: str) -> str | None:
     """Where a new experiment keeps its artifacts: beside an SQLite database, in mlflow-artifacts/
     (MLflow's own default is ./mlruns of whatever folder the driver runs in); a server decides

@@ -239,6 +239,23 @@ def test_each_trial_is_an_mlflow_run_under_the_search_with_the_best_model_as_an_
     assert champion.tags["finetune.version"] == "v1" and champion.tags["finetune.decision"] == "promoted"
 
 
+def test_an_alias_moved_by_hand_moves_in_mlflow_as_well(runs, tmp_path):
+    """`finetune models promote` (and rollback) move MLflow's alias of the mirrored version too,
+    found through the tracking URI in the version's own job file."""
+    from mlflow.tracking import MlflowClient
+
+    registry = runs["search"]["promotion"]["registry"]
+    moved = cli("models", "promote", "tiny", "v1", "--alias", "staging", "--reason", "canary",
+                "--registry", registry, cwd=tmp_path)
+    assert moved.returncode == 0, moved.stderr
+    assert "tiny: staging - -> v1 (canary)" in moved.stdout and "MLflow: tiny@staging -> MLflow version" in moved.stdout
+    assert "warning" not in moved.stderr
+    client = MlflowClient(tracking_uri=runs["mlflow"])
+    staging = client.get_model_version_by_alias("tiny", "staging")
+    assert staging.tags["finetune.version"] == "v1"
+    assert staging.version == client.get_model_version_by_alias("tiny", "champion").version
+
+
 def test_the_workers_output_went_to_the_run_log_not_the_screen(runs):
     log = run_dir(runs, "search") / "ray.log"
     assert log.exists()

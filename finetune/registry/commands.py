@@ -15,6 +15,7 @@ from finetune import storage
 from finetune.errors import UserError
 from finetune.registry.names import check_alias, check_name, parse_reference
 from finetune.registry.references import DEFAULT_FOLDER, REGISTRY_VARIABLE
+from finetune.registry.promotion import JOB_FILE
 from finetune.registry.store import MODEL_FILE, ModelStore, who
 
 DEFAULT_REGISTRY = os.path.join("runs", DEFAULT_FOLDER)
@@ -77,6 +78,7 @@ def promote(store: ModelStore, name: str, version: str, alias: str, reason: str 
     store.verify(info)
     entry = store.set_alias(name, alias, info.version, reason or "", metrics={"by_hand": True})
     print(f"{name}: {alias} {entry['from'] or '-'} -> {entry['to']} ({entry['reason']})", file=out)
+    mirror_to_mlflow(store, name, alias, info.version, out)
     return 0
 
 
@@ -85,7 +87,26 @@ def rollback(store: ModelStore, name: str, alias: str, reason: str | None, out=N
     reason = reason or f"rolled back by {who()['user']}"
     entry = store.rollback(check_name(name, "NAME"), reason, alias)
     print(f"{name}: {alias} rolled back {entry['from']} -> {entry['to']} ({entry['reason']})", file=out)
+    mirror_to_mlflow(store, name, alias, entry["to"], out)
     return 0
+
+
+def mirror_to_mlflow(store: ModelStore, name: str, alias: str, version: str, out) -> None:
+    """When the version's job tracked to MLflow (`tracking.mlflow`, as the run mirrored the version
+    and the gate's alias there), move MLflow's alias as well (finetune.tracking.mirror_alias)."""
+    from finetune.job.safe_yaml import decode_utf8, load_yaml
+
+    try:
+        job = load_yaml(decode_utf8(store.read_file(store.version(name, version), JOB_FILE)))
+    except UserError as error:  # an encrypted version without its key, say: ours moved, MLflow's not
+        print(f"warning: MLflow's alias not checked: {error}", file=sys.stderr)
+        return
+    uri = ((job or {}).get("tracking") or {}).get("mlflow") if isinstance(job, dict) else None
+    if uri:
+        from finetune.tracking import mirror_alias
+
+        line = mirror_alias(uri, name, alias, version)
+        print(line, file=sys.stderr if line.startswith("warning:") else out)
 
 
 def verify(store: ModelStore, text: str, require_signature: bool, out=None) -> int:
