@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 import psutil
-from peak_memory import PeakPss
+from process_tree import PeakPss
 
 REPO = Path(__file__).resolve().parent.parent
 SEARCH_JOB = REPO / "bench" / "digits-search.yaml"

@@ -21,44 +21,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 
-import psutil
+from process_tree import CpuByProcess
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-class CpuByProcess:
-    """CPU seconds of every process of a command's tree, by what the process is (its title or
-    command), sampled every 0.5 s until the command ends: who else used the cores."""
-
-    def __init__(self, pid: int):
-        self.seconds: dict[int, tuple[str, float]] = {}
-        threading.Thread(target=self._sample, args=(pid,), daemon=True).start()
-
-    def _sample(self, pid: int) -> None:
-        try:
-            root = psutil.Process(pid)
-        except psutil.NoSuchProcess:
-            return
-        while root.is_running() and root.status() != psutil.STATUS_ZOMBIE:
-            for process in [root, *root.children(recursive=True)]:
-                try:
-                    times = process.cpu_times()
-                    words = process.cmdline() or [process.name()]
-                    kind = words[0] if words[0].startswith("ray::") else " ".join(os.path.basename(w) for w in words[:3])
-                    self.seconds[process.pid] = (kind[:60], times.user + times.system)
-                except (psutil.NoSuchProcess, psutil.AccessDenied):
-                    pass
-            time.sleep(0.5)
-
-    def by_kind(self) -> dict[str, float]:
-        totals: dict[str, float] = {}
-        for kind, seconds in self.seconds.values():
-            totals[kind] = totals.get(kind, 0.0) + seconds
-        return dict(sorted(totals.items(), key=lambda item: -item[1]))
 
 
 def one_run(tree: Path, storage: str, epochs: int, cpu: bool = False) -> tuple[float, float]:

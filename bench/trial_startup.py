@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
-from peak_memory import PeakPss
+from process_tree import PeakPss
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
