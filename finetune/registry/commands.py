@@ -14,8 +14,8 @@ import sys
 from finetune import storage
 from finetune.errors import UserError
 from finetune.registry.names import check_alias, check_name, parse_reference
-from finetune.registry.references import DEFAULT_FOLDER, REGISTRY_VARIABLE
 from finetune.registry.promotion import JOB_FILE
+from finetune.registry.references import DEFAULT_FOLDER, REGISTRY_VARIABLE
 from finetune.registry.store import MODEL_FILE, ModelStore, who
 
 DEFAULT_REGISTRY = os.path.join("runs", DEFAULT_FOLDER)
@@ -101,7 +101,8 @@ def mirror_to_mlflow(store: ModelStore, name: str, alias: str, version: str, out
     except UserError as error:  # an encrypted version without its key, say: ours moved, MLflow's not
         print(f"warning: MLflow's alias not checked: {error}", file=sys.stderr)
         return
-    uri = ((job or {}).get("tracking") or {}).get("mlflow") if isinstance(job, dict) else None
+    tracking = job.get("tracking") if isinstance(job, dict) else None  # as the run wrote it: a mapping
+    uri = tracking.get("mlflow") if isinstance(tracking, dict) else None
     if uri:
         from finetune.tracking import mirror_alias
 
