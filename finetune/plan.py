@@ -149,6 +149,12 @@ def format_scheduler(plan: Plan) -> list[str]:
         return [f"scheduler: median stopping rule; from epoch {spec.grace_period} on, at every epoch, a trial whose "
                 f"best result is below the median of the other trials' running averages at that epoch stops, once "
                 f"{spec.min_samples_required} trials have reached it"]
+    if spec.type == "pbt":
+        exploits = list(range(spec.perturbation_interval, epochs, spec.perturbation_interval))
+        return [f"scheduler: population-based training; every {spec.perturbation_interval} epochs (epochs "
+                f"{', '.join(map(str, exploits)) or 'none before the last'}) a trial in the bottom "
+                f"{spec.quantile_fraction:g} of the population copies the checkpoint and configuration of one in "
+                f"the top {spec.quantile_fraction:g} and perturbs the mutated entries; every trial runs {epochs} epochs"]
     lines = [f"scheduler: {spec.type} (grace_period {spec.grace_period}, reduction_factor {spec.reduction_factor:g}, "
              f"{len(plan.rungs)} bracket{'s' if len(plan.rungs) > 1 else ''})"]
     for index, milestones in enumerate(plan.rungs):

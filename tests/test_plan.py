@@ -35,6 +35,22 @@ def test_the_default_job_runs_one_trial_at_a_time_bound_by_cpus():
     assert "train.optimizer      choice adam | sgd | rmsprop" in text
 
 
+@pytest.mark.parametrize("name", sorted(p.name for p in JOBS.glob("*.yaml")))
+def test_every_shipped_job_plans(name):
+    """finetune plan on each job in jobs/ (PBT's once crashed the plan: it has no rungs)."""
+    loaded = load_job(JOBS / name)
+    text = format_plan(make_plan(loaded, capacity=LAPTOP), f"jobs/{name}")
+    assert f"plan for job '{loaded.name}'" in text and "\nscheduler: " in text and "\nepochs: at most " in text
+
+
+def test_pbt_plans_its_exploit_epochs():
+    plan = make_plan(load_job(JOBS / "digits-pbt.yaml"), capacity=LAPTOP)
+    assert plan.rungs == []
+    text = format_plan(plan, "jobs/digits-pbt.yaml")
+    assert "scheduler: population-based training; every 2 epochs (epochs 2, 4, 6, 8)" in text
+    assert "every trial runs 10 epochs" in text and "epochs: at most 40 (4 trials x 10)" in text
+
+
 def test_grid_entries_multiply_the_samples():
     plan = make_plan(job(search={"num_samples": 2, "space": {
         "train.optimizer": {"grid": ["adam", "sgd", "rmsprop"]}, "model.head.units": {"grid": [[32], [64]]},
