@@ -12,13 +12,13 @@ same loop inside the Tune trial, without a Ray Train start-up.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import hashlib
 import json
 import math
 import os
 import tempfile
-import threading
 import time
 
 import numpy as np
@@ -444,22 +444,10 @@ class EpochTrainer:
         if directory is None:
             yield
             return
-        failure: list[BaseException] = []
-
-        def save() -> None:
-            try:
-                self.save(directory, epoch)
-            except BaseException as error:  # re-raised on the training thread below
-                failure.append(error)
-
-        writer = threading.Thread(target=save, name="finetune-checkpoint", daemon=True)
-        writer.start()
-        try:
+        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="finetune-checkpoint") as writer:
+            saved = writer.submit(self.save, directory, epoch)
             yield
-        finally:
-            writer.join()
-        if failure:
-            raise failure[0]
+        saved.result()  # a failed write raises here, on the training thread
 
     def save(self, directory: str, epoch: int) -> str:
         self.model.save(os.path.join(directory, MODEL_FILE))
