@@ -13,8 +13,6 @@ costs beyond its training and validation.
 from __future__ import annotations
 
 import argparse
-import glob
-import json
 import os
 import platform
 import statistics
@@ -23,6 +21,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from compare import summary_of, tune_results
 from process_tree import CpuByProcess
 
 REPO = Path(__file__).resolve().parent.parent
@@ -43,10 +42,7 @@ def one_run(tree: Path, storage: str, epochs: int, cpu: bool = False) -> tuple[f
         raise RuntimeError(f"{' '.join(command)} failed ({process.returncode}):\n{stderr[-3000:]}")
     if sampler:
         print("  CPU seconds by process: " + ", ".join(f"{k} {v:.1f}" for k, v in list(sampler.by_kind().items())[:8]))
-    line = next(line for line in reversed(stdout.splitlines()) if line.startswith("summary: "))
-    run_dir = json.loads(Path(line.removeprefix("summary: ")).read_text())["run_dir"]
-    rows = [json.loads(text) for path in glob.glob(os.path.join(run_dir, "tune", "*", "result.json"))
-            for text in Path(path).read_text().splitlines()]
+    rows = tune_results(summary_of(stdout))
     steady = sorted(rows, key=lambda r: r["epoch"])[1:]  # after epoch 1, which traces the functions
     return (statistics.median(r["time_this_iter_s"] for r in steady),
             statistics.median(r["epoch_seconds"] for r in steady))
